@@ -1,0 +1,5 @@
+import sys
+
+from rkllm.cli import main
+
+sys.exit(main())
