@@ -1,0 +1,316 @@
+"""Pinned releases of Rockchip's runtime (``librkllmrt.so`` from github.com/airockchip/rknn-llm):
+the one pin table, verified downloads, and the per-user cache behind ``rkllm runtime``.
+
+``scripts/fetch_runtime.py`` uses this module at wheel-build time (before the package is
+compiled), so it must stay standard-library only, importing nothing from ``rkllm`` but
+``rkllm.errors``.
+
+Every file is pinned by the vendor commit, its path and its git blob id, which is
+``sha1(b"blob <size>\\0" + content)``: a download can be checked against it without anyone
+having had the file before. A SHA-256 is checked as well where one has been recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import platform
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rkllm.errors import IntegrityError, RuntimeNotFoundError, UnsupportedRuntimeError
+
+VENDOR_REPO = "airockchip/rknn-llm"
+DEFAULT_BASE_URL = "https://raw.githubusercontent.com/" + VENDOR_REPO
+BASE_URL_ENV = "RKLLM_RUNTIME_BASE_URL"  # tests and mirrors point this elsewhere
+ARCHES = ("aarch64", "armhf")  # the vendor's directory names; also rkllm/libs/<arch>/
+LIBRARY_NAME = "librkllmrt.so"
+LICENSE_NAME = "LICENSE.txt"  # the vendor's LICENSE, stored next to the library
+RECORD_NAME = "RUNTIME.json"  # what was installed, from where; written last
+LICENSE_SUMMARY = (
+    "Copyright (c) Rockchip Electronics Co., Ltd.; BSD-3-Clause-style terms: binary "
+    "redistribution must reproduce the copyright notice, conditions and disclaimer "
+    "(see LICENSE.txt); bundles modified ggml/llama.cpp code under the MIT License"
+)
+
+# Release bundled in the wheels. 1.2.3 because it is the newest release built for both aarch64
+# and armhf that is not 1.3.0, from which users report "Illegal instruction" on some RK3588
+# boards; 1.3.0 (and older releases) stay one `rkllm runtime pull` away.
+BUNDLED_RELEASE = "1.2.3"
+
+
+@dataclass(frozen=True)
+class PinnedFile:
+    """One file of the vendor repository at one commit."""
+
+    commit: str
+    path: str
+    blob: str  # git blob id (hex SHA-1 over b"blob <size>\0" + content)
+    sha256: str | None = None  # recorded once computed from a verified download
+
+    def url(self, base_url: str | None = None) -> str:
+        base = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        return f"{base.rstrip('/')}/{self.commit}/{self.path}"
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    family: str  # the ABI family (include/<family>/rkllm.h) this release speaks
+    commit: str
+    license_blob: str
+    library_blobs: Mapping[str, str]  # arch -> git blob id of librkllmrt.so
+    library_sha256: Mapping[str, str]  # arch -> SHA-256, where recorded
+
+    def library(self, arch: str) -> PinnedFile:
+        if arch not in ARCHES:
+            raise UnsupportedRuntimeError(
+                f"unknown architecture {arch!r} (the runtime exists for {', '.join(ARCHES)})")
+        blob = self.library_blobs.get(arch)
+        if blob is None:
+            built = ", ".join(sorted(self.library_blobs))
+            raise UnsupportedRuntimeError(
+                f"runtime {self.version} was not released for {arch} (only for {built})")
+        return PinnedFile(self.commit, f"rkllm-runtime/Linux/librkllm_api/{arch}/{LIBRARY_NAME}",
+                          blob, self.library_sha256.get(arch))
+
+    def license(self) -> PinnedFile:
+        return PinnedFile(self.commit, "LICENSE", self.license_blob)
+
+
+_LICENSE_2024 = "0bc8afcf2bdb95f8233785001e87cc7d730f57b4"
+_LICENSE_2025 = "347d9ab7c4bda00bacc86e9ad91f03d59a290275"
+
+RELEASES: dict[str, Release] = {r.version: r for r in (
+    Release("1.1.4", "1.1.0", "8623edd0559a07e7127876d685f2b7ca8b83590c", _LICENSE_2024,
+            {"aarch64": "3bb8cb6172c4c06e1c622c8f8c579888378784f4"}, {}),
+    Release("1.2.0", "1.2.0", "cb5b341364311065fd19eddd631a79a9f0c5afe1", _LICENSE_2024,
+            {"aarch64": "d45ee9b8dcb9ef27d7dd875ce3be3d5e6dfb654d"}, {}),
+    Release("1.2.3", "1.2.1", "f7df8e5de9b40dc7aaa66194cf14d4895aaf159a", _LICENSE_2025,
+            {"aarch64": "0084abc34ab43359cfa9fd5d4c92ece34127dbd0",
+             "armhf": "fe1ca6849603a770c54f82d26b826a120c79a01a"}, {}),
+    Release("1.3.0", "1.3.0", "878f9361fd3afa7e167b7079918918f78d2c1c2a", _LICENSE_2025,
+            {"aarch64": "34167b32f99cb7ab19e21fb579fb750d96b878f1",
+             "armhf": "17c9063b46168c4e7d093d6fedb097874f92d076"}, {}),
+)}
+
+
+def release(version: str) -> Release:
+    try:
+        return RELEASES[version.lstrip("v")]
+    except KeyError:
+        raise UnsupportedRuntimeError(
+            f"runtime release {version!r} is not pinned (known: {', '.join(RELEASES)})") from None
+
+
+def arch_of(machine: str | None = None, pointer_bits: int | None = None) -> str | None:
+    """The vendor arch name for a machine (``platform.machine()``), or None when Rockchip
+    ships no runtime for it. A 32-bit Python on a 64-bit ARM kernel reports ``aarch64`` or
+    ``armv8l`` but needs the armhf library, hence the pointer size."""
+    m = (machine if machine is not None else platform.machine()).lower()
+    if not m.startswith(("arm", "aarch")):
+        return None
+    bits = pointer_bits if pointer_bits is not None else (64 if sys.maxsize > 2**32 else 32)
+    return "aarch64" if bits == 64 else "armhf"
+
+
+def resolve_arch(arch: str | None) -> str:
+    """``arch`` as given (aliases allowed), or this machine's; errors name the choices."""
+    aliases = {"arm64": "aarch64", "armv7l": "armhf", "armv7": "armhf", "arm": "armhf"}
+    if arch is None:
+        found = arch_of()
+        if found is None:
+            raise UnsupportedRuntimeError(
+                f"Rockchip ships no runtime for {platform.machine()}; "
+                f"pass --arch ({' or '.join(ARCHES)}) to fetch one for another machine")
+        return found
+    name = aliases.get(arch.lower(), arch.lower())
+    if name not in ARCHES:
+        raise UnsupportedRuntimeError(
+            f"unknown architecture {arch!r} (choose {' or '.join(ARCHES)})")
+    return name
+
+
+# ---------------------------------------------------------------- hashing and downloading
+
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def file_digests(path: Path) -> tuple[str, str, int]:
+    """(git blob id, SHA-256, size) of a file, reading it in chunks."""
+    size = path.stat().st_size
+    sha1 = hashlib.sha1(b"blob %d\0" % size)
+    sha256 = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha1.update(chunk)
+            sha256.update(chunk)
+    return sha1.hexdigest(), sha256.hexdigest(), size
+
+
+def verify(path: Path, pin: PinnedFile) -> tuple[str, int]:
+    """Check a file against its pin; returns (SHA-256, size) or raises IntegrityError."""
+    blob, sha256, size = file_digests(path)
+    if blob != pin.blob:
+        raise IntegrityError(
+            f"{path} ({size} bytes) is not {pin.path} of {VENDOR_REPO}@{pin.commit[:7]}: "
+            f"git blob id {blob}, expected {pin.blob}")
+    if pin.sha256 is not None and sha256 != pin.sha256:
+        raise IntegrityError(f"{path}: SHA-256 {sha256}, expected {pin.sha256}")
+    return sha256, size
+
+
+def download(pin: PinnedFile, dest: Path, *, base_url: str | None = None,
+             timeout: float = 60.0) -> tuple[str, int]:
+    """Download ``pin`` to ``dest`` and verify it; returns (SHA-256, size).
+
+    The bytes go to a temporary file in ``dest``'s directory and are renamed into place only
+    once verified, so ``dest`` never holds a partial or wrong file.
+    """
+    url = pin.url(base_url)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _fetch_into(url, out, timeout)
+        digest = verify(tmp, pin)
+        os.replace(tmp, dest)
+        return digest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fetch_into(url: str, out: Any, timeout: float) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "rkllm-cffi runtime fetch"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            received = 0
+            while chunk := resp.read(1 << 16):
+                out.write(chunk)
+                received += len(chunk)
+    except urllib.error.HTTPError as exc:
+        raise RuntimeNotFoundError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
+    except http.client.IncompleteRead as exc:
+        raise IntegrityError(
+            f"download of {url} was cut short after {len(exc.partial)} bytes "
+            f"(expected {exc.expected} more)") from None
+    except (urllib.error.URLError, OSError) as exc:  # DNS, refused, reset, timeout
+        reason = getattr(exc, "reason", exc)
+        raise RuntimeNotFoundError(f"cannot download {url}: {reason}") from None
+    if length is not None and received != int(length):
+        raise IntegrityError(
+            f"download of {url} was cut short: {received} of {length} bytes")
+
+
+# ---------------------------------------------------------------- installing a release
+
+def install(version: str, arch: str, dest_dir: Path, *, base_url: str | None = None) -> Path:
+    """Download release ``version`` for ``arch`` into ``dest_dir`` (library, the vendor's
+    licence, and a RUNTIME.json record); returns the library's path. Used for the wheel's
+    ``rkllm/libs/<arch>/`` and for the user cache alike."""
+    rel = release(version)
+    lib_pin, lic_pin = rel.library(arch), rel.license()
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    (dest_dir / RECORD_NAME).unlink(missing_ok=True)  # the record marks a complete install
+    lib = dest_dir / LIBRARY_NAME
+    sha256, size = download(lib_pin, lib, base_url=base_url)
+    download(lic_pin, dest_dir / LICENSE_NAME, base_url=base_url)
+    record = {
+        "release": rel.version,
+        "family": rel.family,
+        "arch": arch,
+        "repository": f"https://github.com/{VENDOR_REPO}",
+        "commit": rel.commit,
+        "path": lib_pin.path,
+        "git_blob": lib_pin.blob,
+        "sha256": sha256,
+        "size": size,
+        "license_file": LICENSE_NAME,
+        "license": LICENSE_SUMMARY,
+    }
+    (dest_dir / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return lib
+
+
+def read_record(dest_dir: Path) -> dict[str, Any] | None:
+    """The RUNTIME.json of an install directory, or None when there is no complete install."""
+    try:
+        data = json.loads((dest_dir / RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not (dest_dir / LIBRARY_NAME).is_file():
+        return None
+    return data
+
+
+# ---------------------------------------------------------------- the user cache and the wheel
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/rkllm/runtimes`` (default ``~/.cache/rkllm/runtimes``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rkllm" / "runtimes"
+
+
+def cache_dir(version: str, arch: str) -> Path:
+    return cache_root() / release(version).version / arch
+
+
+def pull(version: str, arch: str | None = None, *, base_url: str | None = None,
+         force: bool = False) -> Path:
+    """Make release ``version`` available in the user cache; returns the library path.
+    A cached copy that still verifies is reused unless ``force``."""
+    arch = resolve_arch(arch)
+    rel = release(version)
+    rel.library(arch)  # unknown release/arch combinations fail before any download
+    where = cache_dir(rel.version, arch)
+    if not force:
+        try:
+            return cached_library(rel.version, arch)
+        except (RuntimeNotFoundError, IntegrityError):
+            pass
+    return install(rel.version, arch, where, base_url=base_url)
+
+
+def cached_library(version: str, arch: str | None = None) -> Path:
+    """The verified cached library of ``version``; raises RuntimeNotFoundError when it is not
+    cached and IntegrityError when the cached file no longer matches its pin."""
+    arch = resolve_arch(arch)
+    rel = release(version)
+    where = cache_dir(rel.version, arch)
+    if read_record(where) is None:
+        raise RuntimeNotFoundError(
+            f"runtime {rel.version} for {arch} is not in the cache ({where}); "
+            f"fetch it with: rkllm runtime pull {rel.version}"
+            + ("" if arch == arch_of() else f" --arch {arch}"))
+    lib = where / LIBRARY_NAME
+    verify(lib, rel.library(arch))
+    return lib
+
+
+def bundled_dir(arch: str) -> Path:
+    """Where a wheel carries its vendor runtime (empty in sdists and source checkouts)."""
+    return Path(__file__).resolve().parent / "libs" / arch
+
+
+def bundled_record(arch: str | None = None) -> dict[str, Any] | None:
+    """The RUNTIME.json of the runtime bundled for ``arch`` (default: this machine), or None."""
+    arch = arch or arch_of()
+    return None if arch is None else read_record(bundled_dir(arch))
+
+
+__all__ = [
+    "ARCHES", "BUNDLED_RELEASE", "RELEASES", "PinnedFile", "Release", "arch_of", "bundled_dir",
+    "bundled_record", "cache_dir", "cache_root", "cached_library", "download", "git_blob_id",
+    "install", "pull", "read_record", "release", "resolve_arch", "verify",
+]
