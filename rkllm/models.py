@@ -1,0 +1,571 @@
+"""Models from the Hugging Face Hub, through the real ``huggingface_hub`` client and its cache.
+
+Local first: a reference that is already cached resolves without any network call, and
+``HF_HUB_OFFLINE=1`` is honoured. Downloads go through ``hf_hub_download`` (its progress bars,
+its in-process resume) and are then checked against the hub's published SHA-256 (LFS files) or
+git blob id (small files): the client itself only checks sizes, so a corrupted blob would
+otherwise stay in the cache and be reused. A mismatch deletes the file and raises
+:class:`~rkllm.errors.IntegrityError`.
+
+A model reference is one of
+
+* a path to an existing file,
+* ``demo``: the simulated demo model,
+* ``REPO`` or ``REPO:FILE`` (``owner/name[:path/in/repo.rkllm]``).
+
+``huggingface_hub`` is imported inside the functions so ``import rkllm`` stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rkllm.errors import IntegrityError, ModelNotFoundError
+from rkllm.inspect import facts_from_name, family_of, release_tuple
+
+MODEL_SUFFIX = ".rkllm"
+_REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<file>.+))?$")
+
+
+# -- references ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelRef:
+    repo: str
+    file: str | None = None
+
+
+def parse_ref(ref: str) -> ModelRef | None:
+    """``REPO[:FILE]`` -> ModelRef; anything else (a path, a word) -> None."""
+    m = _REPO_RE.match(ref.strip())
+    if not m or ref.startswith(("/", ".", "~")):
+        return None
+    return ModelRef(m.group("repo"), m.group("file") or None)
+
+
+# -- environment (read at call time, so a caller can point us elsewhere) -------------------------
+def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The hub cache: ``explicit``, else ``HF_HUB_CACHE``, else ``HF_HOME``/hub, else the
+    client's default."""
+    if explicit is not None:
+        return Path(explicit)
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+    return Path(constants.HF_HUB_CACHE)
+
+
+def endpoint(explicit: str | None = None) -> str | None:
+    return explicit or os.environ.get("HF_ENDPOINT") or None
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` as the client read it at import, or as set now."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return True
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _repo_folder(repo: str, cache: Path) -> Path:
+    return cache / ("models--" + repo.replace("/", "--"))
+
+
+# -- choosing a file ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    file: str
+    size: int | None = None
+    platform: str | None = None
+    toolkit_version: str | None = None
+    dtype: str | None = None
+
+    @classmethod
+    def from_name(cls, file: str, size: int | None = None, repo: str | None = None) -> Candidate:
+        facts = facts_from_name(file, "filename")
+        repo_facts = facts_from_name(repo, "repo") if repo else {}
+
+        def val(name: str) -> Any:
+            fact = facts.get(name) or repo_facts.get(name)
+            return None if fact is None else fact.value
+
+        return cls(file, size, val("platform"), val("toolkit_version"), val("dtype"))
+
+    def describe(self) -> str:
+        bits = [self.platform or "platform?", self.toolkit_version or "toolkit?"]
+        if self.dtype:
+            bits.append(self.dtype)
+        if self.size is not None:
+            from rkllm.cli.output import human_size
+            bits.append(human_size(self.size))
+        return f"{self.file} ({', '.join(bits)})"
+
+
+@dataclass(frozen=True)
+class Choice:
+    chosen: Candidate | None
+    remaining: tuple[Candidate, ...]  # the fitting candidates when nothing was chosen
+    reason: str
+
+
+def choose_file(candidates: Sequence[Candidate], *, platform: str | None,
+                runtime_release: str | None) -> Choice:
+    """Pick the model file for this board and runtime.
+
+    Files for another platform are dropped (when the board is known), and so are files whose
+    toolkit release needs a newer runtime ABI family (when the runtime is known). Among what
+    is left, the newest toolkit release wins; a tie (say w8a8 and w4a16 builds) is left to the
+    caller (ask, or list them)."""
+    fitting = list(candidates)
+    notes = []
+    if platform:
+        same = [c for c in fitting if c.platform in (None, platform)]
+        if len(same) < len(fitting):
+            notes.append(f"for {platform}")
+        fitting = same
+    if runtime_release:
+        rt_fam = family_of(runtime_release)
+
+        def runs(c: Candidate) -> bool:
+            if c.toolkit_version is None or rt_fam is None:
+                return True
+            fam = family_of(c.toolkit_version)
+            return fam is not None and release_tuple(fam) <= release_tuple(rt_fam)
+
+        ok = [c for c in fitting if runs(c)]
+        if len(ok) < len(fitting):
+            notes.append(f"loadable by runtime {runtime_release}")
+        fitting = ok
+    if len(fitting) > 1:
+        versions = {c.toolkit_version for c in fitting}
+        if None not in versions and len(versions) > 1:
+            newest = max(versions, key=lambda v: release_tuple(str(v)))
+            fitting = [c for c in fitting if c.toolkit_version == newest]
+            notes.append(f"newest toolkit ({newest})")
+    why = ", ".join(notes) if notes else "the only model file"
+    if len(fitting) == 1:
+        return Choice(fitting[0], (), why)
+    return Choice(None, tuple(fitting), why)
+
+
+# -- this machine -------------------------------------------------------------------------------
+def board_platform() -> str | None:
+    """The SoC of this board from the device tree (None off a Rockchip board)."""
+    from rkllm.doctor import detect_platform
+    return detect_platform()
+
+
+def runtime_release() -> str | None:
+    """The release of the runtime that would be loaded, if one can be found cheaply."""
+    from rkllm.doctor import find_runtime
+    found = find_runtime()
+    return found.release if found else None
+
+
+# -- integrity ----------------------------------------------------------------------------------
+def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        if algorithm == "sha1":  # a git blob id hashes a header first
+            h.update(b"blob %d\0" % os.fstat(f.fileno()).st_size)
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_cached_file(path: str, *, sha256: str | None, git_oid: str | None) -> None:
+    """Check ``path`` against the hub's digests; on mismatch delete the blob and its
+    snapshot link, then raise IntegrityError."""
+    if sha256:
+        expected, got, what = sha256.lower(), file_digest(path, "sha256"), "SHA-256"
+    elif git_oid:
+        expected, got, what = git_oid.lower(), file_digest(path, "sha1"), "git blob id"
+    else:
+        return
+    if got == expected:
+        return
+    _delete_cached(Path(path))
+    raise IntegrityError(
+        f"{os.path.basename(path)} is corrupt: its {what} is {got[:16]}…, the hub publishes "
+        f"{expected[:16]}…; the bad copy was deleted, run the command again to re-download")
+
+
+def _delete_cached(link: Path) -> None:
+    blob = link.resolve()
+    for p in {link, blob}:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# -- pull ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PullResult:
+    repo: str
+    file: str
+    commit: str
+    path: str
+    size: int
+    reason: str
+
+
+def _hub_error(exc: Exception, repo: str, file: str | None, revision: str | None) -> Exception:
+    """The client's typed errors -> one clear ModelNotFoundError."""
+    from huggingface_hub import errors as hfe
+    rev = revision or "main"
+    if isinstance(exc, hfe.RepositoryNotFoundError):
+        msg = f"repository {repo} not found on the hub (or it is private/gated: `hf auth login`)"
+    elif isinstance(exc, hfe.RevisionNotFoundError):
+        msg = f"revision {rev!r} not found in {repo}"
+    elif isinstance(exc, hfe.EntryNotFoundError):
+        msg = f"{file} not found in {repo} at revision {rev!r}"
+    elif isinstance(exc, hfe.OfflineModeIsEnabled):
+        msg = (f"{repo}{':' + file if file else ''} is not in the cache and HF_HUB_OFFLINE is "
+               f"set: unset it to download")
+    elif isinstance(exc, hfe.LocalEntryNotFoundError):
+        msg = (f"{repo}{':' + file if file else ''} is not in the cache and the hub cannot be "
+               f"reached ({exc.__cause__ or 'network unavailable'})")
+    else:
+        return exc
+    err = ModelNotFoundError(msg)
+    err.__cause__ = exc
+    return err
+
+
+def list_remote(repo: str, *, revision: str | None = None,
+                endpoint_url: str | None = None) -> tuple[str, list[Any]]:
+    """(commit, siblings with sizes and LFS digests) of ``repo`` at ``revision``."""
+    from huggingface_hub import HfApi
+    try:
+        info = HfApi(endpoint=endpoint(endpoint_url)).model_info(
+            repo, revision=revision, files_metadata=True)
+    except Exception as exc:
+        raise _hub_error(exc, repo, None, revision) from exc
+    return str(info.sha), list(info.siblings or [])
+
+
+def pull(repo: str, file: str | None = None, *, revision: str | None = None,
+         platform: str | None = None, runtime: str | None = None,
+         choose: Callable[[Sequence[Candidate]], Candidate | None] | None = None,
+         cache: str | os.PathLike[str] | None = None, endpoint_url: str | None = None,
+         progress: bool = True) -> PullResult:
+    """Download (or re-verify) one model file of ``repo`` into the hub cache.
+
+    Without ``file``, the repository's ``.rkllm`` files are listed and one is chosen for
+    ``platform`` and ``runtime`` (default: this board and the runtime found here); when several
+    fit equally, ``choose`` is asked (None -> ModelNotFoundError listing them)."""
+    if offline():
+        raise ModelNotFoundError(
+            f"cannot pull {repo} while HF_HUB_OFFLINE is set (cached models still work)")
+    commit, siblings = list_remote(repo, revision=revision, endpoint_url=endpoint_url)
+    by_name = {s.rfilename: s for s in siblings}
+    reason = "named on the command line"
+    if file is None:
+        models = [Candidate.from_name(s.rfilename, s.size, repo)
+                  for s in siblings if s.rfilename.endswith(MODEL_SUFFIX)]
+        if not models:
+            raise ModelNotFoundError(f"{repo} has no {MODEL_SUFFIX} file at revision "
+                                     f"{revision or 'main'!r}")
+        if platform is None:
+            platform = board_platform()
+        if runtime is None:
+            runtime = runtime_release()
+        choice = choose_file(models, platform=platform, runtime_release=runtime)
+        picked = choice.chosen
+        reason = choice.reason
+        if picked is None and choice.remaining and choose is not None:
+            picked = choose(choice.remaining)
+            reason = "chosen interactively"
+        if picked is None:
+            if not choice.remaining:
+                listing = "; ".join(c.describe() for c in models)
+                raise ModelNotFoundError(
+                    f"none of the model files in {repo} fits this board "
+                    f"({platform or 'unknown board'}, runtime {runtime or 'unknown'}): "
+                    f"{listing}; name one as {repo}:FILE to take it anyway")
+            listing = "; ".join(c.describe() for c in choice.remaining)
+            raise ModelNotFoundError(
+                f"{repo} holds several model files that fit: {listing}; "
+                f"name one: rkllm pull {repo} FILE")
+        file = picked.file
+    sibling = by_name.get(file)
+    if sibling is None:
+        raise ModelNotFoundError(f"{file} not found in {repo} at revision "
+                                 f"{revision or 'main'!r}")
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    # Download by the branch/tag name so the cache records the ref (local-first lookups need
+    # it); if the branch moved since the listing, the digests are re-read for the new commit.
+    if not progress:
+        disable_progress_bars()
+    try:
+        path = hf_hub_download(repo, file, revision=revision or "main",
+                               cache_dir=str(cache_dir(cache)),
+                               endpoint=endpoint(endpoint_url))
+    except Exception as exc:
+        raise _hub_error(exc, repo, file, revision) from exc
+    finally:
+        if not progress:
+            enable_progress_bars()
+    path = str(path)
+    got_commit = Path(path).parents[len(Path(file).parts) - 1].name
+    if got_commit != commit:  # the branch moved between the listing and the download
+        commit, siblings = list_remote(repo, revision=got_commit, endpoint_url=endpoint_url)
+        sibling = {s.rfilename: s for s in siblings}.get(file, sibling)
+    lfs = getattr(sibling, "lfs", None)
+    verify_cached_file(path, sha256=lfs.sha256 if lfs else None,
+                       git_oid=None if lfs else getattr(sibling, "blob_id", None))
+    return PullResult(repo, file, commit, path, os.path.getsize(path), reason)
+
+
+# -- local-first resolution ---------------------------------------------------------------------
+def _cached_commit(repo: str, revision: str | None, cache: Path) -> str | None:
+    folder = _repo_folder(repo, cache)
+    rev = revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", rev):
+        return rev if (folder / "snapshots" / rev).is_dir() else None
+    ref = folder / "refs" / rev
+    if ref.is_file():
+        sha = ref.read_text().strip()
+        return sha if (folder / "snapshots" / sha).is_dir() else None
+    return None
+
+
+def cached_model_files(repo: str, revision: str | None = None,
+                       cache: str | os.PathLike[str] | None = None) -> list[str]:
+    """Paths of the ``.rkllm`` files cached for ``repo`` at ``revision`` (no network)."""
+    root = cache_dir(cache)
+    commit = _cached_commit(repo, revision, root)
+    if commit is None:
+        return []
+    snap = _repo_folder(repo, root) / "snapshots" / commit
+    return sorted(str(p) for p in snap.rglob("*" + MODEL_SUFFIX) if p.is_file())
+
+
+def demo_model_path() -> str:
+    try:
+        from rkllm import sim
+        return str(sim.demo_model_path())
+    except (ImportError, AttributeError, OSError) as exc:
+        raise ModelNotFoundError(f"the simulated demo model is not available: {exc}") from exc
+
+
+def resolve_model(ref: str, *, revision: str | None = None) -> str:
+    """A model reference -> the path of a local file (downloading only when not cached)."""
+    if ref == "demo" and not os.path.exists(ref):
+        return demo_model_path()
+    expanded = os.path.expanduser(ref)
+    if os.path.isfile(expanded):
+        return os.path.abspath(expanded)
+    parsed = parse_ref(ref)
+    if parsed is None:
+        if os.path.isdir(expanded):
+            raise ModelNotFoundError(f"{ref} is a directory; name the {MODEL_SUFFIX} file in it")
+        raise ModelNotFoundError(
+            f"no such model file: {ref} (a model is a path, `demo`, or REPO[:FILE] such as "
+            f"owner/Model-rk3588:model.rkllm)")
+    repo, file = parsed.repo, parsed.file
+    cache = cache_dir()
+    if file is not None:
+        from huggingface_hub import try_to_load_from_cache
+        hit = try_to_load_from_cache(repo, file, revision=revision, cache_dir=str(cache))
+        if isinstance(hit, str):
+            return hit
+    else:
+        cached = cached_model_files(repo, revision, cache)
+        if len(cached) == 1:
+            return cached[0]
+        if len(cached) > 1:
+            snap = Path(cached[0]).parents[0]
+            cands = [Candidate.from_name(os.path.relpath(p, snap), os.path.getsize(p), repo)
+                     for p in cached]
+            choice = choose_file(cands, platform=board_platform(), runtime_release=runtime_release())
+            if choice.chosen is not None:
+                return str(snap / choice.chosen.file)
+            listing = ", ".join(c.file for c in (choice.remaining or cands))
+            raise ModelNotFoundError(
+                f"several cached model files of {repo} fit: {listing}; name one as {repo}:FILE")
+    if offline():
+        raise ModelNotFoundError(
+            f"{ref} is not in the cache ({cache}) and HF_HUB_OFFLINE is set: unset it to "
+            f"download, or `rkllm list` to see what is cached")
+    return pull(repo, file, revision=revision).path
+
+
+# -- the cache: list, rm, clean -----------------------------------------------------------------
+@dataclass(frozen=True)
+class CachedModel:
+    repo: str
+    file: str
+    commit: str
+    refs: tuple[str, ...]
+    size: int
+    path: str
+    platform: str | None
+    toolkit_version: str | None
+    sources: dict[str, str] = field(default_factory=dict)  # fact -> where it came from
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repo}:{self.file}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repo": self.repo, "file": self.file, "ref": self.ref, "commit": self.commit,
+                "refs": list(self.refs), "size": self.size, "path": self.path,
+                "platform": self.platform, "toolkit_version": self.toolkit_version,
+                "sources": dict(self.sources)}
+
+
+def _scan(cache: Path) -> Any:
+    from huggingface_hub import scan_cache_dir
+    if not cache.is_dir():
+        return None
+    return scan_cache_dir(cache)
+
+
+def list_cached(cache: str | os.PathLike[str] | None = None) -> list[CachedModel]:
+    """Every cached ``.rkllm`` file, one entry per (repo, revision, file)."""
+    from rkllm.inspect import inspect_model
+    info = _scan(cache_dir(cache))
+    out: list[CachedModel] = []
+    if info is None:
+        return out
+    for repo in info.repos:
+        if repo.repo_type != "model":
+            continue
+        for rev in repo.revisions:
+            for f in rev.files:
+                rel = f.file_path.relative_to(rev.snapshot_path).as_posix()
+                if not rel.endswith(MODEL_SUFFIX):
+                    continue
+                mi = inspect_model(str(f.file_path), repo=repo.repo_id)
+                sources = {k: mi.facts[k].source for k in ("platform", "toolkit_version")
+                           if k in mi.facts}
+                out.append(CachedModel(repo.repo_id, rel, rev.commit_hash,
+                                       tuple(sorted(rev.refs)), f.size_on_disk,
+                                       str(f.file_path), mi.platform, mi.toolkit_version,
+                                       sources))
+    out.sort(key=lambda m: (m.repo.lower(), m.file, m.commit))
+    return out
+
+
+def _in_cache(path: Path, cache: Path) -> bool:
+    try:
+        path.absolute().relative_to(cache.absolute())
+        return True
+    except ValueError:
+        return False
+
+
+def remove(ref: str, *, cache: str | os.PathLike[str] | None = None) -> list[CachedModel]:
+    """Delete cached models: ``REPO`` (all its files and revisions), ``REPO:FILE`` (that file
+    in every cached revision) or the path of a cached file. Returns what was removed."""
+    root = cache_dir(cache)
+    models = list_cached(root)
+    parsed = parse_ref(ref)
+    if parsed is not None:
+        hits = [m for m in models if m.repo == parsed.repo
+                and (parsed.file is None or m.file == parsed.file)]
+    else:
+        p = Path(os.path.expanduser(ref)).absolute()
+        if not _in_cache(p, root):
+            raise ModelNotFoundError(
+                f"{ref} is not in the model cache ({root}); rkllm only removes what it "
+                f"downloaded, delete other files yourself")
+        hits = [m for m in models if Path(m.path).absolute() == p]
+    if not hits:
+        raise ModelNotFoundError(f"no cached model matches {ref} (see `rkllm list`)")
+    if parsed is not None and parsed.file is None:
+        shutil.rmtree(_repo_folder(parsed.repo, root))
+        return hits
+    for m in hits:
+        link = Path(m.path)
+        blob = link.resolve()
+        link.unlink()
+        others = [o for o in models if o not in hits and Path(o.path).resolve() == blob]
+        if not others and blob != link:
+            blob.unlink(missing_ok=True)
+        _prune_empty(link.parent, _repo_folder(m.repo, root) / "snapshots")
+    return hits
+
+
+def _prune_empty(directory: Path, stop: Path) -> None:
+    while directory != stop and directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+        directory = directory.parent
+
+
+@dataclass
+class CleanReport:
+    incomplete: list[str] = field(default_factory=list)
+    unused_revisions: list[str] = field(default_factory=list)  # "repo@commit"
+    freed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"incomplete": self.incomplete, "unused_revisions": self.unused_revisions,
+                "freed": self.freed}
+
+
+def clean(*, cache: str | os.PathLike[str] | None = None, dry_run: bool = False) -> CleanReport:
+    """Remove incomplete downloads (``blobs/*.incomplete``) and cached revisions no branch or
+    tag points at any more (superseded by a newer pull)."""
+    root = cache_dir(cache)
+    report = CleanReport()
+    if not root.is_dir():
+        return report
+    for part in sorted(root.glob("models--*/blobs/*.incomplete")):
+        report.incomplete.append(str(part))
+        report.freed += part.stat().st_size
+        if not dry_run:
+            part.unlink(missing_ok=True)
+    info = _scan(root)
+    if info is None:
+        return report
+    unused = []
+    for repo in info.repos:
+        for rev in repo.revisions:
+            if not rev.refs:
+                unused.append(rev.commit_hash)
+                report.unused_revisions.append(f"{repo.repo_id}@{rev.commit_hash}")
+    if unused:
+        strategy = info.delete_revisions(*unused)
+        report.freed += strategy.expected_freed_size
+        if not dry_run:
+            strategy.execute()
+    return report
+
+
+# -- repository metadata for `rkllm info` -------------------------------------------------------
+def repo_metadata(repo: str, *, revision: str | None = None,
+                  endpoint_url: str | None = None) -> dict[str, Any]:
+    """What the hub says about ``repo`` (raises ModelNotFoundError when it cannot say)."""
+    from huggingface_hub import HfApi
+    if offline():
+        raise ModelNotFoundError("HF_HUB_OFFLINE is set")
+    try:
+        info = HfApi(endpoint=endpoint(endpoint_url)).model_info(
+            repo, revision=revision, files_metadata=True)
+    except Exception as exc:
+        raise _hub_error(exc, repo, None, revision) from exc
+    card = getattr(info, "card_data", None)
+    out: dict[str, Any] = {
+        "id": info.id, "commit": info.sha, "author": info.author,
+        "last_modified": info.last_modified.isoformat() if info.last_modified else None,
+        "downloads": info.downloads, "likes": info.likes, "tags": list(info.tags or []),
+        "license": getattr(card, "license", None) if card else None,
+        "base_model": getattr(card, "base_model", None) if card else None,
+        "model_files": [
+            {"file": s.rfilename, "size": s.size,
+             "sha256": s.lfs.sha256 if s.lfs else None}
+            for s in (info.siblings or []) if s.rfilename.endswith(MODEL_SUFFIX)],
+    }
+    return out
