@@ -298,6 +298,23 @@ def cached_library(version: str, arch: str | None = None) -> Path:
     return lib
 
 
+def library_path(version: str, arch: str | None = None) -> Path:
+    """The verified library of release ``version``: the cached copy, else the wheel's bundled
+    one if it is that release. This is what a release-valued setting (``RKLLM_RUNTIME=1.3.0``,
+    ``rkllm runtime path 1.3.0``) resolves to; it never downloads."""
+    arch = resolve_arch(arch)
+    rel = release(version)
+    try:
+        return cached_library(rel.version, arch)
+    except RuntimeNotFoundError:
+        bundled = bundled_record(arch)
+        if bundled is None or bundled.get("release") != rel.version:
+            raise
+    lib = bundled_dir(arch) / LIBRARY_NAME
+    verify(lib, rel.library(arch))
+    return lib
+
+
 def bundled_dir(arch: str) -> Path:
     """Where a wheel carries its vendor runtime (empty in sdists and source checkouts)."""
     return Path(__file__).resolve().parent / "libs" / arch
@@ -312,5 +329,5 @@ def bundled_record(arch: str | None = None) -> dict[str, Any] | None:
 __all__ = [
     "ARCHES", "BUNDLED_RELEASE", "RELEASES", "PinnedFile", "Release", "arch_of", "bundled_dir",
     "bundled_record", "cache_dir", "cache_root", "cached_library", "download", "git_blob_id",
-    "install", "pull", "read_record", "release", "resolve_arch", "verify",
+    "install", "library_path", "pull", "read_record", "release", "resolve_arch", "verify",
 ]

@@ -279,6 +279,28 @@ def test_pull_of_unreleased_arch_downloads_nothing(server: VendorServer,
     assert server.requests == []
 
 
+def test_library_path_falls_back_to_the_bundled_release(server: VendorServer,
+                                                          fake_release: runtimes.Release,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    bundled = tmp_path / "wheel" / "rkllm" / "libs"
+    monkeypatch.setattr(runtimes, "bundled_dir", lambda arch: bundled / arch)
+    lib = runtimes.install("9.9.9", "aarch64", bundled / "aarch64")
+    assert runtimes.library_path("9.9.9", "aarch64") == lib
+    with pytest.raises(RuntimeNotFoundError, match="rkllm runtime pull 1.3.0"):
+        runtimes.library_path("1.3.0", "aarch64")  # neither cached nor the bundled release
+    rc, out, _ = run_cli(capsys, "runtime", "list", "--arch", "aarch64")
+    row = next(line for line in out.splitlines() if line.startswith("9.9.9"))
+    assert rc == 0 and "bundled" in row and str(lib) in row
+    cached = runtimes.pull("9.9.9", "aarch64")  # a cached copy wins over the bundled one
+    assert runtimes.library_path("9.9.9", "aarch64") == cached != lib
+    lib.write_bytes(b"tampered")
+    cached.unlink()
+    with pytest.raises(IntegrityError):
+        runtimes.library_path("9.9.9", "aarch64")
+
+
 # ---------------------------------------------------------------- the CLI
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

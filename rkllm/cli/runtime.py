@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from rkllm import runtimes
@@ -92,16 +91,5 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_path(args: argparse.Namespace) -> int:
-    arch = runtimes.resolve_arch(args.arch)
-    rel = runtimes.release(args.release)
-    try:
-        print(runtimes.cached_library(rel.version, arch))
-        return 0
-    except RuntimeNotFoundError:
-        bundled = runtimes.bundled_record(arch)
-        if bundled is None or bundled.get("release") != rel.version:
-            raise
-    lib: Path = runtimes.bundled_dir(arch) / runtimes.LIBRARY_NAME
-    runtimes.verify(lib, rel.library(arch))
-    print(lib)
+    print(runtimes.library_path(args.release, args.arch))
     return 0
