@@ -15,9 +15,10 @@ import platform as _platform
 import re
 import struct
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 MIN_DRIVER = (0, 9, 8)
 MIN_OPEN_FILES = 10240
@@ -205,9 +206,9 @@ def _candidate_runtimes(sysview: System) -> Iterable[tuple[Path, str]]:
                 yield p, "rkllm runtime pull"
         except Exception:  # the runtime helper's module is optional here
             pass
-        for d in os.environ.get("LD_LIBRARY_PATH", "").split(":"):
-            if d:
-                yield Path(d) / RUNTIME_NAME, "LD_LIBRARY_PATH"
+        for entry in os.environ.get("LD_LIBRARY_PATH", "").split(":"):
+            if entry:
+                yield Path(entry) / RUNTIME_NAME, "LD_LIBRARY_PATH"
     for d in _library_dirs(sysview):
         yield d / RUNTIME_NAME, "system library path"
 
@@ -291,8 +292,7 @@ def check_os(sysview: System) -> Check:
     if machine.startswith("armv7") or machine == "armhf":
         return Check("os", OK, f"Linux {kernel} on 32-bit ARM (armhf runtime)", data=data)
     return Check("os", INFO, f"Linux {kernel} on {machine}: not an ARM board, the NPU runtime "
-                             f"cannot run here", "use the simulator: rkllm run demo \"Hello\"",
-                 data)
+                             f"cannot run here", data=data)
 
 
 def check_board(sysview: System) -> Check:
@@ -302,7 +302,7 @@ def check_board(sysview: System) -> Check:
                             "platform": detect_platform(sysview.root)}
     if not compat:
         return Check("board", INFO, "no device tree: this is not a Rockchip board (no NPU)",
-                     "use the simulated runtime: rkllm run demo \"Hello\"", data)
+                     data=data)
     soc = data["platform"]
     if soc:
         return Check("board", OK, f"{model or 'board'} ({soc.upper()})", data=data)
@@ -312,7 +312,7 @@ def check_board(sysview: System) -> Check:
                                     f"supports {', '.join(s.upper() for s in SUPPORTED_SOCS)}",
                      "use one of the supported SoCs, or the simulator", data)
     return Check("board", INFO, f"{model or compat[0]}: not a Rockchip SoC (no RKNPU)",
-                 "use the simulated runtime: rkllm run demo \"Hello\"", data)
+                 data=data)
 
 
 _DRIVER_FILES = ("/sys/kernel/debug/rknpu/version", "/proc/rknpu/version",
@@ -395,7 +395,7 @@ def check_driver(sysview: System, board: Check) -> Check:
     if version is None:
         if not soc and not devfreq:
             return Check("npu_driver", INFO, "no NPU driver (no NPU on this machine)",
-                         "use the simulated runtime: rkllm run demo \"Hello\"", data)
+                         data=data)
         if unreadable:
             return Check("npu_driver", WARN,
                          f"the rknpu driver version is readable by root only ({unreadable[0]})",
@@ -417,10 +417,11 @@ def check_runtime(sysview: System, board: Check) -> tuple[Check, RuntimeFile | N
     found = find_runtime(sysview.root)
     on_board = bool(board.data.get("platform"))
     if found is None:
-        status = FAIL if on_board else INFO
-        return Check("runtime", status, f"no {RUNTIME_NAME} found",
-                     "`rkllm runtime pull` installs a verified vendor runtime"
-                     + ("" if on_board else "; off the board, use the simulator"),
+        if not on_board:
+            return Check("runtime", INFO, f"no {RUNTIME_NAME} (not needed for the simulator)",
+                         data={"path": None}), None
+        return Check("runtime", FAIL, f"no {RUNTIME_NAME} found",
+                     "`rkllm runtime pull` installs a verified vendor runtime",
                      {"path": None}), None
     data = {"path": found.path, "release": found.release, "family": found.family,
             "arch": found.arch, "needed": list(found.needed), "simulator": found.is_simulator,
@@ -586,7 +587,7 @@ def check_models(board: Check, runtime: RuntimeFile | None,
                      "`rkllm pull REPO` downloads one; `rkllm run demo` needs none"), 0
     soc = board.data.get("platform")
     release = runtime.release if runtime else None
-    rows = []
+    rows: list[dict[str, Any]] = []
     bad = 0
     for m in models:
         findings = check_compatibility(inspect_model(m.path, repo=m.repo), release, soc)
@@ -596,7 +597,7 @@ def check_models(board: Check, runtime: RuntimeFile | None,
                      "toolkit_version": m.toolkit_version,
                      "findings": [{"level": f.level, "message": f.message} for f in findings]})
     largest = max(m.size for m in models)
-    data = {"models": rows}
+    data: dict[str, Any] = {"models": rows}
     if bad:
         names = ", ".join(r["ref"] for r in rows if any(f["level"] == "refuse"
                                                          for f in r["findings"]))

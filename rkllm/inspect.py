@@ -16,7 +16,6 @@ family is refused, a model from a newer release of the same family is a warning.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import struct
@@ -27,9 +26,9 @@ HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 1024 * 1024
 PLATFORMS = ("rk3588", "rk3576", "rk3562", "rv1126b")
 
-# Families of the runtime ABI (see include/<family>/rkllm.h); a release belongs to the
-# newest family whose first release is not newer than it.
-_FAMILY_FIRST = ("1.1.0", "1.2.0", "1.2.1", "1.3.0")
+# Releases of each runtime ABI family (include/<family>/rkllm.h), first and last.
+_FAMILIES = (("1.1.0", "1.1.0", "1.1.4"), ("1.2.0", "1.2.0", "1.2.0"),
+             ("1.2.1", "1.2.1", "1.2.3"), ("1.3.0", "1.3.0", "1.3.0"))
 
 _PLATFORM_RE = re.compile(r"(?i)(?<![a-z0-9])(rk3588s?|rk3576|rk3562|rv1126b)(?![0-9])")
 _RELEASE_RE = re.compile(r"(?i)(?<![\d.])v?(1\.\d{1,2}\.\d{1,2})(?:b\d+)?(?![\d.])")
@@ -103,13 +102,17 @@ def release_tuple(release: str) -> tuple[int, ...]:
 
 
 def family_of(release: str) -> str | None:
-    """The ABI family of a runtime or toolkit release (None before 1.1.0)."""
+    """The ABI family of a runtime or toolkit release; None when it is in no known family
+    (before 1.1.0, or newer than every family)."""
     rel = release_tuple(release)
-    found = None
-    for first in _FAMILY_FIRST:
-        if rel >= release_tuple(first):
-            found = first
-    return found
+    for family, first, last in _FAMILIES:
+        if release_tuple(first) <= rel <= release_tuple(last):
+            return family
+    return None
+
+
+def is_newer_than_families(release: str) -> bool:
+    return release_tuple(release) > release_tuple(_FAMILIES[-1][2])
 
 
 def normalise_platform(text: str) -> str | None:
@@ -214,32 +217,69 @@ def _scan_real(info: ModelInfo, head: bytes, tail: bytes, tail_start: int) -> No
             break
 
 
-# The simulated format (docs/sim-model-format.md): a fixed magic, then a little-endian u32
-# length and that many bytes of UTF-8 JSON describing the model.
-SIM_MAGIC = b"RKLLMSIM"
+# The simulated format (docs/sim-model-format.md): magic, version, section table, META section
+# of key=value lines, CRC-32 trailer. Simulated models are small, so the CRC is checked.
+SIM_MAGIC = b"RKSIMLLM"
+_SIM_CRC_LIMIT = 64 * 1024 * 1024
+_SIM_KEYS = {"target_platform": "platform", "toolkit_version": "toolkit_version",
+             "dtype": "dtype", "max_context_len": "max_context_len", "model_name": "name",
+             "kind": "kind", "vocab_size": "vocab_size", "base_model": "base_model"}
 
 
-def _scan_sim(info: ModelInfo, head: bytes) -> None:
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "r": "\r"}.get(m.group(1),
+                                                                          m.group(1)), value)
+
+
+def _scan_sim(info: ModelInfo, path: str, head: bytes) -> None:
+    import zlib
     try:
-        (length,) = struct.unpack_from("<I", head, len(SIM_MAGIC))
-        start = len(SIM_MAGIC) + 4
-        if start + length > len(head):
-            raise ValueError("header longer than the part read")
-        meta = json.loads(head[start:start + length].decode("utf-8"))
-        if not isinstance(meta, dict):
-            raise ValueError("header is not a JSON object")
+        version, count, file_size = struct.unpack_from("<IIQ", head, 8)
+        if version != 1:
+            raise ValueError(f"unsupported simulated format version {version}")
+        if file_size != info.size:
+            raise ValueError(f"header says {file_size} bytes, the file has {info.size} "
+                             f"({'truncated' if info.size < file_size else 'trailing data'})")
+        meta = None
+        with open(path, "rb") as f:
+            for i in range(min(count, 64)):
+                tag, _, off, size = struct.unpack_from("<4sIQQ", head, 24 + 24 * i)
+                if tag == b"META":
+                    if off + size > info.size - 4 or size > 1 << 20:
+                        raise ValueError("META section out of bounds")
+                    f.seek(off)
+                    meta = f.read(size).decode("utf-8")
+            if info.size <= _SIM_CRC_LIMIT:
+                f.seek(0)
+                body = f.read(info.size - 4)
+                (crc,) = struct.unpack("<I", f.read(4))
+                if zlib.crc32(body) != crc:
+                    raise ValueError("CRC-32 mismatch (corrupt file)")
+        if meta is None:
+            raise ValueError("no META section")
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
-        info.problems.append(f"simulated model header unreadable: {exc}")
+        info.problems.append(f"simulated model unreadable: {exc}")
         return
-    mapping = {"platform": "platform", "toolkit_version": "toolkit_version",
-               "max_context_len": "max_context_len", "dtype": "dtype",
-               "chat_template": "chat_template", "name": "name"}
-    for key, fact in mapping.items():
-        if key in meta and meta[key] not in (None, ""):
-            value = meta[key]
-            if key == "platform":
-                value = normalise_platform(str(value)) or str(value).lower()
-            info._add(fact, Fact(value, "file", f"header field {key!r}"))
+    fields: dict[str, str] = {}
+    for line in meta.split("\n"):
+        if "=" in line:
+            key, _, raw = line.partition("=")
+            fields[key.strip()] = _unescape(raw)
+    for key, name in _SIM_KEYS.items():
+        text = fields.get(key)
+        if text:
+            value: Any = text
+            if name == "platform":
+                value = normalise_platform(text) or text.lower()
+            elif name in ("max_context_len", "vocab_size") and text.isdigit():
+                value = int(text)
+            info._add(name, Fact(value, "file", f"META {key}"))
+    template = [fields.get(k, "") for k in ("system_prompt", "prompt_prefix", "prompt_postfix")]
+    if any(template):
+        info._add("chat_template", Fact({"system_prompt": template[0],
+                                         "prompt_prefix": template[1],
+                                         "prompt_postfix": template[2]}, "file",
+                                        "META system_prompt/prompt_prefix/prompt_postfix"))
 
 
 def inspect_model(path: str | os.PathLike[str], *, repo: str | None = None) -> ModelInfo:
@@ -256,7 +296,7 @@ def inspect_model(path: str | os.PathLike[str], *, repo: str | None = None) -> M
     stripped = head.lstrip()[:64].lower()
     if head.startswith(SIM_MAGIC):
         info.format = "rkllm-sim"
-        _scan_sim(info, head)
+        _scan_sim(info, path, head)
     elif head.startswith(_LFS_POINTER):
         info.format = "lfs-pointer"
         info.problems.append(
@@ -296,6 +336,36 @@ class Compatibility:
         return "refuse" if self.refuse else "warn"
 
 
+def model_needs_newer_runtime(toolkit: str, runtime_release: str) -> bool | None:
+    """True when a model from ``toolkit`` cannot load in runtime ``runtime_release`` (its ABI
+    family is newer, or it is newer than every known family), False when it can, None when
+    either release is unparsable."""
+    try:
+        tk_t, rt_t = release_tuple(toolkit), release_tuple(runtime_release)
+    except ValueError:
+        return None
+    if tk_t <= rt_t:
+        return False
+    tk_fam, rt_fam = family_of(toolkit), family_of(runtime_release)
+    if tk_fam is None or rt_fam is None:
+        return True
+    return release_tuple(tk_fam) > release_tuple(rt_fam)
+
+
+def _release_finding(tk: str, runtime_release: str, src: str) -> Compatibility | None:
+    said = f"the model was converted with toolkit {tk} (according to its {src})"
+    if family_of(tk) is None and not is_newer_than_families(tk):
+        return Compatibility(True, f"{said}; runtime 1.1.0 and newer need a model converted "
+                                   f"with toolkit 1.1.0 or newer: reconvert or pick another build")
+    if model_needs_newer_runtime(tk, runtime_release):
+        return Compatibility(True, f"{said} but the runtime is {runtime_release}: install a "
+                                   f"runtime of release {tk} or newer (`rkllm runtime pull`)")
+    if release_tuple(tk) > release_tuple(runtime_release):
+        return Compatibility(False, f"{said}, newer than runtime {runtime_release} but in the "
+                                    f"same ABI family: it usually loads")
+    return None
+
+
 def check_compatibility(info: ModelInfo, runtime_release: str | None,
                         platform: str | None, *,
                         simulator: bool | None = None) -> list[Compatibility]:
@@ -308,9 +378,9 @@ def check_compatibility(info: ModelInfo, runtime_release: str | None,
       "target_platform does not match");
     * a simulated model on the real runtime, or a real model on the simulator -> refuse
       (only when ``simulator`` is given);
-    * the model's toolkit release is in a newer ABI family than the runtime's -> refuse;
-      newer but in the same family -> warn; a model from before 1.1.0 on a 1.1.0+ runtime ->
-      refuse (the 1.1.0 format change);
+    * the model's toolkit release is in a newer ABI family than the runtime's, or newer than
+      every known family -> refuse; newer but in the same family -> warn; a model from before
+      1.1.0 -> refuse (the 1.1.0 format change);
     * anything unknown (no platform, no version) -> no finding: the runtime decides.
     """
     out: list[Compatibility] = []
@@ -334,25 +404,9 @@ def check_compatibility(info: ModelInfo, runtime_release: str | None,
     tk = info.toolkit_version
     if tk and runtime_release:
         try:
-            tk_t, rt_t = release_tuple(tk), release_tuple(runtime_release)
-            tk_fam, rt_fam = family_of(tk), family_of(runtime_release)
+            finding = _release_finding(tk, runtime_release, info.facts["toolkit_version"].source)
         except ValueError:
-            return out
-        src = info.facts["toolkit_version"].source
-        if tk_fam is None and rt_fam is not None:
-            out.append(Compatibility(
-                True, f"the model was converted with toolkit {tk} (according to its {src}); "
-                      f"runtime {runtime_release} needs a model converted with 1.1.0 or newer"))
-        elif tk_t > rt_t:
-            if tk_fam is not None and rt_fam is not None and \
-                    release_tuple(tk_fam) > release_tuple(rt_fam):
-                out.append(Compatibility(
-                    True, f"the model was converted with toolkit {tk} (according to its {src}) "
-                          f"but the runtime is {runtime_release}: install runtime {tk} or "
-                          f"newer (`rkllm runtime pull {tk}`)"))
-            else:
-                out.append(Compatibility(
-                    False, f"the model was converted with toolkit {tk} (according to its {src}), "
-                           f"newer than runtime {runtime_release}; same ABI family, it usually "
-                           f"loads"))
+            finding = None
+        if finding:
+            out.append(finding)
     return out

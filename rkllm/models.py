@@ -22,12 +22,13 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rkllm.errors import IntegrityError, ModelNotFoundError
-from rkllm.inspect import facts_from_name, family_of, release_tuple
+from rkllm.inspect import facts_from_name, model_needs_newer_runtime, release_tuple
 
 MODEL_SUFFIX = ".rkllm"
 _REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<file>.+))?$")
@@ -131,15 +132,8 @@ def choose_file(candidates: Sequence[Candidate], *, platform: str | None,
             notes.append(f"for {platform}")
         fitting = same
     if runtime_release:
-        rt_fam = family_of(runtime_release)
-
-        def runs(c: Candidate) -> bool:
-            if c.toolkit_version is None or rt_fam is None:
-                return True
-            fam = family_of(c.toolkit_version)
-            return fam is not None and release_tuple(fam) <= release_tuple(rt_fam)
-
-        ok = [c for c in fitting if runs(c)]
+        ok = [c for c in fitting if c.toolkit_version is None
+              or not model_needs_newer_runtime(c.toolkit_version, runtime_release)]
         if len(ok) < len(fitting):
             notes.append(f"loadable by runtime {runtime_release}")
         fitting = ok
@@ -301,12 +295,14 @@ def pull(repo: str, file: str | None = None, *, revision: str | None = None,
         raise ModelNotFoundError(f"{file} not found in {repo} at revision "
                                  f"{revision or 'main'!r}")
 
+    import importlib
+
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    hf_tqdm: Any = importlib.import_module("huggingface_hub.utils.tqdm")
     # Download by the branch/tag name so the cache records the ref (local-first lookups need
     # it); if the branch moved since the listing, the digests are re-read for the new commit.
     if not progress:
-        disable_progress_bars()
+        hf_tqdm.disable_progress_bars()
     try:
         path = hf_hub_download(repo, file, revision=revision or "main",
                                cache_dir=str(cache_dir(cache)),
@@ -315,7 +311,7 @@ def pull(repo: str, file: str | None = None, *, revision: str | None = None,
         raise _hub_error(exc, repo, file, revision) from exc
     finally:
         if not progress:
-            enable_progress_bars()
+            hf_tqdm.enable_progress_bars()
     path = str(path)
     got_commit = Path(path).parents[len(Path(file).parts) - 1].name
     if got_commit != commit:  # the branch moved between the listing and the download
@@ -353,7 +349,8 @@ def cached_model_files(repo: str, revision: str | None = None,
 
 def demo_model_path() -> str:
     try:
-        from rkllm import sim
+        import importlib
+        sim: Any = importlib.import_module("rkllm.sim")
         return str(sim.demo_model_path())
     except (ImportError, AttributeError, OSError) as exc:
         raise ModelNotFoundError(f"the simulated demo model is not available: {exc}") from exc
@@ -448,7 +445,7 @@ def list_cached(cache: str | os.PathLike[str] | None = None) -> list[CachedModel
                 if not rel.endswith(MODEL_SUFFIX):
                     continue
                 mi = inspect_model(str(f.file_path), repo=repo.repo_id)
-                sources = {k: mi.facts[k].source for k in ("platform", "toolkit_version")
+                sources: dict[str, str] = {k: mi.facts[k].source for k in ("platform", "toolkit_version")
                            if k in mi.facts}
                 out.append(CachedModel(repo.repo_id, rel, rev.commit_hash,
                                        tuple(sorted(rev.refs)), f.size_on_disk,
