@@ -182,7 +182,10 @@ def read_runtime_file(path: str | os.PathLike[str], source: str = "") -> Runtime
         if m:
             release = m.group(1).decode()
             break
-    is_sim = b"rkllm-sim" in data or b"RKLLM_SIM" in data or "librkllmrt-sim" in str(path)
+    sim_name = re.search(r"librkllmrt-sim-(\d+\.\d+\.\d+)\.so", str(path))
+    is_sim = bool(sim_name) or b"RKLLM-SIM" in data or b"RKLLM_SIM" in data
+    if release is None and sim_name:  # the simulator's file name carries its family
+        release = sim_name.group(1)
     family = None
     if release:
         try:

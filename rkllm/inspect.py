@@ -31,7 +31,7 @@ _FAMILIES = (("1.1.0", "1.1.0", "1.1.4"), ("1.2.0", "1.2.0", "1.2.0"),
              ("1.2.1", "1.2.1", "1.2.3"), ("1.3.0", "1.3.0", "1.3.0"))
 
 _PLATFORM_RE = re.compile(r"(?i)(?<![a-z0-9])(rk3588s?|rk3576|rk3562|rv1126b)(?![0-9])")
-_RELEASE_RE = re.compile(r"(?i)(?<![\d.])v?(1\.\d{1,2}\.\d{1,2})(?:b\d+)?(?![\d.])")
+_RELEASE_RE = re.compile(r"(?i)(?<![\d.])v?(1\.\d{1,2}\.\d{1,2})(?:b\d+)?(?!\d|\.\d)")
 _DTYPE_RE = re.compile(r"(?i)(?<![a-z0-9])(w[48]a(?:8|16))(?:[_-]?(g\d+))?(?![a-z0-9])")
 _OPT_RE = re.compile(r"(?i)(?<![a-z0-9])opt[-_]?([01])(?![0-9])")
 _HYBRID_RE = re.compile(r"(?i)hybrid[-_]ratio[-_]?(\d(?:\.\d+)?)")
@@ -240,7 +240,7 @@ def _scan_sim(info: ModelInfo, path: str, head: bytes) -> None:
         if file_size != info.size:
             raise ValueError(f"header says {file_size} bytes, the file has {info.size} "
                              f"({'truncated' if info.size < file_size else 'trailing data'})")
-        meta = None
+        meta_bytes = None
         with open(path, "rb") as f:
             for i in range(min(count, 64)):
                 tag, _, off, size = struct.unpack_from("<4sIQQ", head, 24 + 24 * i)
@@ -248,15 +248,16 @@ def _scan_sim(info: ModelInfo, path: str, head: bytes) -> None:
                     if off + size > info.size - 4 or size > 1 << 20:
                         raise ValueError("META section out of bounds")
                     f.seek(off)
-                    meta = f.read(size).decode("utf-8")
+                    meta_bytes = f.read(size)
             if info.size <= _SIM_CRC_LIMIT:
                 f.seek(0)
                 body = f.read(info.size - 4)
                 (crc,) = struct.unpack("<I", f.read(4))
                 if zlib.crc32(body) != crc:
                     raise ValueError("CRC-32 mismatch (corrupt file)")
-        if meta is None:
+        if meta_bytes is None:
             raise ValueError("no META section")
+        meta = meta_bytes.decode("utf-8")
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
         info.problems.append(f"simulated model unreadable: {exc}")
         return

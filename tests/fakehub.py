@@ -275,3 +275,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body[:keep])
         self.wfile.flush()
         self.close_connection = True
+
+
+# -- model files the hub can serve ----------------------------------------------------------------
+def sim_model_bytes(**meta: object) -> bytes:
+    """A small file in the simulated model format (docs/sim-model-format.md), with ``meta``
+    overriding the default META keys. Only the structure matters here, not the chain."""
+    import struct
+    import zlib
+
+    fields: dict[str, object] = {
+        "kind": "model", "model_name": "test-model", "target_platform": "rk3588",
+        "toolkit_version": "1.2.1", "dtype": "w8a8", "max_context_len": 4096,
+        "vocab_size": 2, "embed_size": 8, "bos_token_id": 0, "eos_token_id": 1,
+        "system_prompt": "", "prompt_prefix": "<|im_start|>user\\n",
+        "prompt_postfix": "<|im_end|>\\n<|im_start|>assistant\\n",
+    }
+    fields.update(meta)
+    sections = [
+        (b"META", "".join(f"{k}={v}\n" for k, v in fields.items()).encode()),
+        (b"VOCB", struct.pack("<I", 2) + b"\x01\x03<s>" + b"\x01\x04</s>"),
+        (b"WORD", struct.pack("<I", 1) + b"\x01" + struct.pack("<I", 1)),
+        (b"CHAN", struct.pack("<I", 0)),
+    ]
+    table_end = 24 + 24 * len(sections)
+    offset = table_end
+    table = b""
+    for tag, data in sections:
+        table += tag + struct.pack("<IQQ", 0, offset, len(data))
+        offset += len(data)
+    total = offset + 4
+    body = b"RKSIMLLM" + struct.pack("<IIQ", 1, len(sections), total) + table
+    body += b"".join(data for _, data in sections)
+    return body + struct.pack("<I", zlib.crc32(body))
