@@ -1,0 +1,110 @@
+/* rkllm-cffi shim: what the shim's own files share (never seen by Python). */
+#ifndef RKSHIM_INTERNAL_H
+#define RKSHIM_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+
+#include "rkshim.h"
+
+/* Runtime symbols the shim may call, looked up once by name. */
+enum {
+    SYM_createDefaultParam,
+    SYM_init,
+    SYM_load_lora,
+    SYM_load_prompt_cache,
+    SYM_release_prompt_cache,
+    SYM_destroy,
+    SYM_run,
+    SYM_run_async,
+    SYM_abort,
+    SYM_is_running,
+    SYM_clear_kv_cache,
+    SYM_get_kv_cache_size,
+    SYM_set_chat_template,
+    SYM_set_function_tools,
+    SYM_set_cross_attn_params,
+    SYM_COUNT
+};
+extern const char *const rkshim_symbol_names[SYM_COUNT];
+
+/* What a family's result callback reports, in neutral form. */
+enum { EV_TOKEN, EV_WAITING, EV_FINISH, EV_ERROR, EV_HIDDEN_ONLY };
+typedef struct {
+    int kind;
+    const char *text;
+    int32_t token_id;
+    const float *hidden;
+    int hidden_rows, hidden_cols;
+    const float *logits;
+    int logits_rows, logits_cols;
+    int has_perf;
+    float prefill_ms;
+    int prefill_tokens;
+    float generate_ms;
+    int generate_tokens;
+    float memory_mb;
+} rkshim_event;
+
+/* A run's input and infer params, deep-copied from rkshim_run_args (one allocation). */
+typedef struct {
+    rkshim_run_args a; /* pointers inside point into this job's own copies */
+} rkshim_job;
+
+typedef struct rkshim_family {
+    const char *name;
+    int (*default_param)(rkshim_runtime *rt, rkshim_param *out);
+    int (*init)(rkshim_runtime *rt, void **handle, const char *model_path,
+                const rkshim_param *p, rkshim_model *m);
+    int (*run)(rkshim_runtime *rt, void *handle, const rkshim_job *job, rkshim_model *m);
+    int (*clear_kv_cache)(rkshim_runtime *rt, void *handle, int keep, int *start, int *end);
+    int (*load_lora)(rkshim_runtime *rt, void *handle, const char *path, const char *name,
+                     float scale);
+} rkshim_family;
+
+extern const rkshim_family rkshim_family_1_1_0, rkshim_family_1_2_0, rkshim_family_1_2_1,
+    rkshim_family_1_3_0;
+
+struct rkshim_runtime {
+    char path[4096];
+    char release[32];
+    char detected_by[160];
+    char sim_info[256];
+    int is_sim;
+    void *dl;
+    void *sym[SYM_COUNT];
+    const rkshim_family *family;
+};
+
+/* One batch buffer of the result queue (the producer fills one, the consumer reads the
+ * other; rkshim_model_pull swaps them). */
+typedef struct {
+    char *text;
+    size_t text_len, text_cap;
+    uint32_t *ends;
+    int32_t *ids;
+    size_t n, cap;
+    uint32_t n_codepoints;
+} rkshim_buf;
+
+/* Called by a family's result callback; returns 1 to ask the runtime to stop. */
+int rkshim_deliver(rkshim_model *m, const rkshim_event *ev);
+
+/* A copy of data owned by the model until it is freed (for what rkllm_init may keep a
+ * pointer to: the model path, strings in the params, 1.3.0's callback struct). */
+void *rkshim_model_keep(rkshim_model *m, const void *data, size_t size);
+
+/* errors.c */
+int rkshim_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int rkshim_fail_rc(int code, int runtime_rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void rkshim_clear_error(void);
+/* Capture what the runtime prints on stderr during a short call: begin, call, end (the
+ * text goes back to the real stderr; the last line is kept for rkshim_last_runtime_message). */
+typedef struct {
+    int saved_fd, capture_fd;
+} rkshim_capture;
+void rkshim_capture_begin(rkshim_capture *c);
+void rkshim_capture_end(rkshim_capture *c);
+
+#endif

@@ -1,0 +1,291 @@
+"""From the shim's batches to ``str`` pieces, and how a generation ends.
+
+The shim hands over batches (complete UTF-8 text plus per-token code-point offsets), so a
+piece per token is one slice, and a chunk per batch is free. Cancellation: leaving the loop
+(``break``), ``close()``, garbage collection of a half-read stream and ``KeyboardInterrupt``
+all end the run the same way: the shim aborts the runtime and waits for its last callback,
+and the model is ready for the next run.
+"""
+
+from __future__ import annotations
+
+import array
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from rkllm import _lowlevel as ll
+from rkllm.errors import ClosedError, GenerationError
+
+# How long one pull waits before Python gets a chance to see Ctrl-C (signals are handled
+# between bytecodes, and the pull runs with the GIL released).
+POLL_MS = 50
+
+
+@dataclass(frozen=True)
+class Perf:
+    """Timing of one run. ``source`` is "runtime" (its own perf stats, 1.2.1+) or "rkllm-cffi"
+    (measured by the shim: prefill is the time to the first token, prefill_tokens unknown)."""
+
+    prefill_tokens: int | None
+    prefill_ms: float
+    generate_tokens: int
+    generate_ms: float
+    memory_mb: float | None
+    source: str
+
+    @property
+    def prefill_tokens_per_s(self) -> float | None:
+        if not self.prefill_tokens or self.prefill_ms <= 0:
+            return None
+        return self.prefill_tokens * 1000.0 / self.prefill_ms
+
+    @property
+    def generate_tokens_per_s(self) -> float | None:
+        if not self.generate_tokens or self.generate_ms <= 0:
+            return None
+        return self.generate_tokens * 1000.0 / self.generate_ms
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A rows x cols float32 matrix (logits or hidden states), row-major in ``data``."""
+
+    data: array.array[float]
+    rows: int
+    cols: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    def row(self, i: int) -> memoryview:
+        if not -self.rows <= i < self.rows:
+            raise IndexError(i)
+        i %= self.rows
+        return memoryview(self.data)[i * self.cols:(i + 1) * self.cols]
+
+    def view(self) -> memoryview:
+        """A 2-D memoryview (``view()[i, j]``; ``numpy.asarray`` accepts it)."""
+        return memoryview(self.data).cast("B").cast("f", [self.rows, self.cols])
+
+
+@dataclass(frozen=True)
+class Result:
+    """A whole run: its text, why it ended ("stop", "length" or "abort"), its token ids
+    and perf."""
+
+    text: str
+    finish_reason: str
+    token_ids: list[int]
+    perf: Perf
+
+
+def _perf(o: dict[str, Any]) -> Perf:
+    from_runtime = bool(o["perf_source"])
+    return Perf(
+        prefill_tokens=o["prefill_tokens"] if o["prefill_tokens"] >= 0 else None,
+        prefill_ms=float(o["prefill_ms"]),
+        generate_tokens=int(o["generate_tokens"]),
+        generate_ms=float(o["generate_ms"]),
+        memory_mb=float(o["memory_mb"]) if from_runtime else None,
+        source="runtime" if from_runtime else "rkllm-cffi",
+    )
+
+
+class _Run:
+    """One run's state, shared by a Stream and its generator (the generator never refers to
+    the Stream, so dropping either one ends the run at once, without waiting for the GC)."""
+
+    def __init__(self, model: ll.Model, *, limit: int, collect: bool, array_kind: int) -> None:
+        self.model = model
+        self.limit = limit  # effective max_new_tokens (<= 0: none known)
+        self.collect = collect
+        self.array_kind = array_kind
+        self.parts: list[str] = []
+        self.ids: list[int] = []
+        self.array: Tensor | None = None
+        self.outcome: dict[str, Any] | None = None
+        self.ended = False
+
+    def end(self) -> None:
+        """Ends the session (aborting a run still going); idempotent."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            self.outcome = self.model.end()
+        except ClosedError:
+            self.outcome = None
+
+    def finish(self) -> None:
+        """After the last batch: keep the arrays, end the session, report a failed run."""
+        if self.array_kind != ll.MODE_GENERATE:
+            got = self.model.array(self.array_kind)
+            if got is not None:
+                self.array = Tensor(*got)
+        self.end()
+        o = self.outcome
+        if o is not None and o["status"] == ll.RUN_ERROR:
+            rc = o["runtime_rc"]
+            raise GenerationError("the runtime reported an error during generation"
+                                  + (f" (rkllm_run returned {rc})" if rc else ""),
+                                  code=rc or None)
+
+    @property
+    def finish_reason(self) -> str | None:
+        o = self.outcome
+        if o is None:
+            return "abort" if self.ended else None
+        status = o["status"]
+        if status == ll.RUN_LENGTH or (status == ll.RUN_FINISHED and 0 < self.limit
+                                       <= o["n_tokens"]):
+            return "length"
+        if status == ll.RUN_FINISHED:
+            return "stop"
+        if status == ll.RUN_ABORTED:
+            return "abort"
+        return "error"
+
+
+def _pieces(run: _Run, chunked: bool) -> Iterator[str]:
+    model = run.model
+    pull = model.pull
+    collect = run.collect
+    try:
+        while True:
+            text, ends, done = pull(POLL_MS)
+            if ends:
+                if collect:
+                    run.parts.append(text)
+                    run.ids.extend(model.pull_ids())
+                if chunked:
+                    if text:
+                        yield text
+                else:
+                    prev = 0
+                    for end in ends:
+                        if end != prev:
+                            yield text[prev:end]
+                            prev = end
+            if done:
+                break
+        run.finish()
+    finally:
+        run.end()
+
+
+class Stream:
+    """The pieces of one generation, as an iterator of ``str`` (one per token, or one per
+    batch with ``chunked=True``). The run starts when the stream is made; iterate it once.
+
+    After the loop: :attr:`finish_reason`, :attr:`perf`, :attr:`n_tokens`. For event loops:
+    :meth:`fileno` and :meth:`read_nowait`.
+    """
+
+    def __init__(self, run: _Run, chunked: bool) -> None:
+        self._run = run
+        self._chunked = chunked
+        self._gen: Iterator[str] | None = None  # held only when used through next()
+        self._handed_out = False
+
+    def __iter__(self) -> Iterator[str]:
+        if self._gen is not None:
+            return self._gen
+        if self._handed_out:
+            raise RuntimeError("a Stream can be iterated only once")
+        self._handed_out = True
+        return _pieces(self._run, self._chunked)
+
+    def __next__(self) -> str:
+        if self._gen is None:
+            if self._handed_out:
+                raise RuntimeError("this Stream is already being iterated")
+            self._handed_out = True
+            self._gen = _pieces(self._run, self._chunked)
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stops the run (if still going), waits for the runtime to let go; idempotent."""
+        gen = self._gen
+        if gen is not None and hasattr(gen, "close"):
+            gen.close()
+        self._run.end()
+
+    def abort(self) -> None:
+        """Asks the runtime to stop; the loop then ends with finish_reason "abort". Safe
+        from any thread."""
+        if not self._run.ended:
+            try:
+                self._run.model.abort()
+            except ClosedError:
+                pass
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # an iterator handed to a for loop ends the run itself when the loop lets go of it
+        if self._gen is not None or not self._handed_out:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    @property
+    def done(self) -> bool:
+        return self._run.ended
+
+    @property
+    def finish_reason(self) -> str | None:
+        """"stop", "length" or "abort" once the stream has ended, else None."""
+        return self._run.finish_reason
+
+    @property
+    def perf(self) -> Perf | None:
+        o = self._run.outcome
+        return None if o is None else _perf(o)
+
+    @property
+    def n_tokens(self) -> int:
+        o = self._run.outcome
+        return 0 if o is None else int(o["n_tokens"])
+
+    # --- the hook for event loops (rkllm.aio) ---------------------------------------------
+    def fileno(self) -> int:
+        """An eventfd that is readable whenever :meth:`read_nowait` has something new (or the
+        run has ended). Register it with ``loop.add_reader``; do not read it yourself."""
+        return self._run.model.event_fd()
+
+    def read_nowait(self) -> list[str] | None:
+        """The pieces available now, without blocking ([] if none yet); None once the run
+        has ended (then finish_reason/perf are set; a runtime error raises here)."""
+        run = self._run
+        if run.ended:
+            return None
+        self._handed_out = True
+        try:
+            text, ends, done = run.model.pull(0)
+        except BaseException:
+            run.end()
+            raise
+        pieces: list[str] = []
+        if ends:
+            if run.collect:
+                run.parts.append(text)
+                run.ids.extend(run.model.pull_ids())
+            if self._chunked:
+                pieces.append(text)
+            else:
+                prev = 0
+                for end in ends:
+                    if end != prev:
+                        pieces.append(text[prev:end])
+                        prev = end
+        if done:
+            run.finish()
+            if not pieces:
+                return None
+        return pieces
