@@ -16,7 +16,7 @@ import re
 import struct
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,7 @@ class RuntimeFile:
     needed: tuple[str, ...]
     is_simulator: bool
     source: str                 # how it was found
+    loader_error: str | None = None  # why rkllm's own loader could not load it, if it tried
 
 
 def _elf_info(data: bytes) -> tuple[str | None, tuple[str, ...]]:
@@ -197,9 +198,9 @@ def read_runtime_file(path: str | os.PathLike[str], source: str = "") -> Runtime
 
 def _candidate_runtimes(sysview: System) -> Iterable[tuple[Path, str]]:
     """Where a runtime may be, most specific first."""
-    env = os.environ.get("RKLLM_RUNTIME") or os.environ.get("RKLLM_LIBRARY")
+    env = os.environ.get("RKLLM_LIBRARY")
     if env and sysview.is_live:
-        yield Path(env), "RKLLM_RUNTIME"
+        yield Path(env), "RKLLM_LIBRARY"
     if sysview.is_live:
         try:
             from rkllm import runtimes
@@ -235,40 +236,34 @@ def _library_dirs(sysview: System) -> list[Path]:
     return seen
 
 
-def _from_lowlevel() -> RuntimeFile | None:
-    """Ask the low-level layer which runtime it would load, without loading a model."""
+def _from_lowlevel() -> tuple[RuntimeFile | None, str | None]:
+    """The runtime the package itself would load (the shim's own search and checks), or the
+    loader's error. This loads the library (not a model); any failure is reported, not raised."""
+    import importlib
     try:
-        from rkllm import _lowlevel  # type: ignore[attr-defined]
-    except Exception:
-        return None
-    finder = getattr(_lowlevel, "find_runtime", None)
-    if finder is None:
-        return None
-    try:
-        found = finder()
-    except Exception:
-        return None
-    path = getattr(found, "path", None)
-    if not path or not os.path.isfile(str(path)):
-        return None
-    info = read_runtime_file(str(path), "rkllm low-level loader")
-    release = getattr(found, "release", None) or info.release
-    family = getattr(found, "family", None) or info.family
-    is_sim = bool(getattr(found, "is_simulator", info.is_simulator))
-    return RuntimeFile(info.path, release, family, info.arch, info.needed, is_sim, info.source)
+        lowlevel: Any = importlib.import_module("rkllm._lowlevel")
+        found = lowlevel.open_runtime()
+    except ImportError as exc:
+        return None, f"the compiled extension rkllm._native does not load: {exc}"
+    except Exception as exc:  # RuntimeNotFoundError and friends: keep the reason for the report
+        return None, str(exc)
+    info = read_runtime_file(str(found.path), f"rkllm loader ({found.detected_by})")
+    return RuntimeFile(info.path, found.release or info.release, found.family or info.family,
+                       info.arch, info.needed, bool(found.is_simulator), info.source), None
 
 
 def find_runtime(root: str | os.PathLike[str] = "/") -> RuntimeFile | None:
     """The runtime library that would be used here, read as a file (never loaded)."""
     sysview = System(root)
+    loader_error = None
     if sysview.is_live:
-        found = _from_lowlevel()
+        found, loader_error = _from_lowlevel()
         if found is not None:
             return found
     for path, source in _candidate_runtimes(sysview):
         if path.is_file():
             try:
-                return read_runtime_file(path, source)
+                return replace(read_runtime_file(path, source), loader_error=loader_error)
             except OSError:
                 continue
     return None
@@ -441,8 +436,15 @@ def check_runtime(sysview: System, board: Check) -> tuple[Check, RuntimeFile | N
                                       f"is {want}", f"install the {want} runtime", data), found
     family = f"family {found.family}" if found.family else "unsupported release"
     kind = "simulated runtime" if found.is_simulator else "runtime"
+    summary = f"{kind} {found.release} ({family}) at {found.path}"
+    if found.loader_error:
+        data["loader_error"] = found.loader_error
+        reason = found.loader_error.splitlines()[-1].strip(" -")
+        return Check("runtime", WARN, f"{summary}, but rkllm cannot load it: {reason}",
+                     "see the libraries check; RKLLM_LIBRARY=/path/to/librkllmrt.so selects "
+                     "a runtime", data), found
     status = OK if found.family else FAIL
-    return Check("runtime", status, f"{kind} {found.release} ({family}) at {found.path}",
+    return Check("runtime", status, summary,
                  None if found.family else "use runtime 1.1.0 or newer", data), found
 
 
@@ -611,6 +613,21 @@ def check_models(board: Check, runtime: RuntimeFile | None,
                  data=data), largest
 
 
+def check_simulator() -> Check:
+    """Off the board: is the simulated runtime (shipped in the package) there to use?"""
+    sim_dir = Path(__file__).resolve().parent / "_sim"
+    families = sorted(m.group(1) for p in sim_dir.glob("librkllmrt-sim-*.so")
+                      if (m := re.search(r"sim-(\d+\.\d+\.\d+)\.so$", p.name)))
+    demo = sim_dir / "demo.rkllm"
+    data = {"families": families, "demo_model": str(demo) if demo.is_file() else None}
+    if not families:
+        return Check("simulator", WARN, "no NPU here, and the simulated runtime is not built",
+                     "reinstall rkllm-cffi (pip install --force-reinstall rkllm-cffi)", data)
+    return Check("simulator", INFO, f"no NPU here: the simulated runtime (families "
+                                    f"{', '.join(families)}) runs everything else",
+                 "try: rkllm run demo \"Hello\"", data)
+
+
 def run(root: str | os.PathLike[str] = "/", *,
         cache: str | os.PathLike[str] | None = None) -> Report:
     """Run every check against the system under ``root``."""
@@ -630,7 +647,5 @@ def run(root: str | os.PathLike[str] = "/", *,
         models_check,
     ]
     if not board.data.get("platform"):
-        checks.append(Check("simulator", INFO, "no NPU here: the simulated runtime runs "
-                                               "everything else",
-                            "try: rkllm run demo \"Hello\"", {"python": sys.executable}))
+        checks.append(check_simulator())
     return Report(checks)
