@@ -15,57 +15,49 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import threading
 from typing import Any, Mapping, Sequence
 
 from rkllm import _lowlevel as ll
 from rkllm import params as P
-from rkllm.errors import ClosedError, ModelLoadError, ParamError
+from rkllm.errors import ClosedError, ModelLoadError, ParamError, RuntimeNotFoundError
 from rkllm.stream import Result, Stream, Tensor, _Run
-
-# The simulated family used by runtime="sim": the one of the runtime release bundled in the
-# wheels (1.2.3), so "sim" behaves like the default real runtime.
-DEFAULT_SIM_FAMILY = "1.2.1"
-
-_announced: set[str] = set()
-_announce_lock = threading.Lock()
-
 
 def _is_sim(spec: object) -> bool:
     return isinstance(spec, str) and (spec == "sim" or spec.startswith("sim:"))
 
 
+def _sim_library(release: str, what: str) -> str:
+    """The simulated runtime's path for a release or family (rkllm.sim knows where)."""
+    from rkllm import sim
+
+    try:
+        return sim.library_path(release)
+    except ValueError as exc:
+        raise ParamError(f"{what}: {exc}") from None
+    except FileNotFoundError as exc:
+        raise RuntimeNotFoundError(str(exc)) from None
+
+
 def load_runtime(runtime: str | os.PathLike[str] | None = None, *,
                  abi: str | None = None) -> ll.Runtime:
-    """Finds and loads a runtime (see the module docstring for the order). A simulated
-    runtime says so once per process on stderr."""
+    """Finds and loads a runtime (see the module docstring for the order). The simulated
+    runtime says so itself on stderr when it loads a model (RKLLM_SIM_QUIET=1 hushes it)."""
     abi = abi or os.environ.get("RKLLM_ABI") or None
     spec: str | os.PathLike[str] | None = runtime
     source = "runtime="
     if spec is None and _is_sim(os.environ.get("RKLLM_LIBRARY", "")):
         spec, source = os.environ["RKLLM_LIBRARY"], "RKLLM_LIBRARY"
     if _is_sim(spec):
-        from rkllm import sim
-
         assert isinstance(spec, str)
-        wanted = spec[4:] or abi or DEFAULT_SIM_FAMILY
-        family = sim.family_of(wanted)
-        if family is None:
-            raise ParamError(f"{source}{spec}: no simulated runtime for release {wanted} "
-                             f"(families: {', '.join(P.FAMILIES)})")
-        rt = ll.open_runtime(str(sim.library_path(family)),
-                             path_source=f"simulated runtime {family}", abi=abi)
+        wanted = spec[4:] or abi
+        if not wanted:
+            from rkllm.sim import DEFAULT_FAMILY as wanted
+        rt = ll.open_runtime(_sim_library(wanted, source + spec),
+                             path_source=f"simulated runtime {wanted}", abi=abi)
     elif spec is None:
         rt = ll.open_runtime(None, abi=abi)
     else:
         rt = ll.open_runtime(os.fspath(spec), path_source=source, abi=abi)
-    if rt.is_simulator:
-        with _announce_lock:
-            if rt.path not in _announced:
-                _announced.add(rt.path)
-                print(f"rkllm: using the SIMULATED runtime (family {rt.family}; no NPU): "
-                      f"{rt.path}", file=sys.stderr, flush=True)
     return rt
 
 

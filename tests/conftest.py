@@ -1,0 +1,94 @@
+"""Shared fixtures: the simulated runtime of every ABI family, parametrised.
+
+A test that takes ``family`` (or a fixture built on it: ``sim_lib``, ``llm``) runs once per
+family: 1.1.0, 1.2.0, 1.2.1, 1.3.0.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+FAMILIES = ("1.1.0", "1.2.0", "1.2.1", "1.3.0")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def quiet_sim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No start-up line from the simulator, no per-token delay unless a test sets one."""
+    monkeypatch.setenv("RKLLM_SIM_QUIET", "1")
+    for name in ("RKLLM_SIM_TOKEN_US", "RKLLM_SIM_PREFILL_US", "RKLLM_SIM_RAW_TOKENS",
+                 "RKLLM_LIBRARY", "RKLLM_ABI", "RKLLM_SIM_TRACE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def sim_lib(family: str) -> str:
+    from rkllm import sim
+
+    return sim.library_path(family)
+
+
+@pytest.fixture
+def demo_model() -> str:
+    from rkllm import sim
+
+    return sim.demo_model_path()
+
+
+@pytest.fixture
+def llm(family: str, demo_model: str, quiet_sim: None) -> Iterator[object]:
+    """The demo model on the simulated runtime of ``family``, with room for 4096 tokens."""
+    import rkllm
+
+    model = rkllm.LLM(demo_model, runtime=f"sim:{family}", max_context_len=4096)
+    try:
+        yield model
+    finally:
+        model.close()
+
+
+@pytest.fixture(scope="session")
+def cc() -> str:
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if not compiler:
+        pytest.skip("no C compiler")
+    return compiler
+
+
+@pytest.fixture(scope="session")
+def fake_runtime(cc: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Builds tests/c/fake_symbols.c with the given flags (a library that only looks like an
+    RKLLM runtime) and returns its path."""
+    out_dir = tmp_path_factory.mktemp("fake-runtimes")
+    built: dict[tuple[str, ...], str] = {}
+
+    def build(*flags: str) -> str:
+        if flags not in built:
+            path = out_dir / f"libfake{len(built)}.so"
+            subprocess.run([cc, "-shared", "-fPIC", "-o", str(path),
+                            str(ROOT / "tests" / "c" / "fake_symbols.c"), *flags], check=True)
+            built[flags] = str(path)
+        return built[flags]
+
+    return build
+
+
+def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60
+               ) -> subprocess.CompletedProcess[str]:
+    """Runs code in a fresh interpreter (for what must not leak into this process)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
