@@ -170,7 +170,7 @@ def gather_info(model: str, revision: str | None = None) -> dict[str, Any]:
 def _print_info(data: dict[str, Any]) -> None:
     def line(key: str, value: Any, note: str = "") -> None:
         extra = f"  {paint(note, 'dim')}" if note else ""
-        print(f"{key:<16} {value}{extra}")
+        print(f"{key:<18} {value}{extra}")
 
     line("model", data["model"])
     if data.get("path"):
@@ -185,18 +185,21 @@ def _print_info(data: dict[str, Any]) -> None:
         line("format", ins["format"])
         for name, fact in ins["facts"].items():
             note = fact["source"] + (f": {fact['detail']}" if fact.get("detail") else "")
-            line(name.replace("_", " "), fact["value"], note)
+            value = fact["value"]
+            if isinstance(value, dict):
+                value = json.dumps(value, ensure_ascii=False)
+            line(name.replace("_", " "), value, note)
         for problem in ins.get("problems", []):
-            print(paint("problem", "yellow") + f"          {problem}")
+            print(paint("problem", "yellow") + f"{'':12}{problem}")
     hub = data.get("hub")
     if hub:
         if "error" in hub:
             line("hub", hub["error"])
         else:
-            line("hub commit", hub["commit"], "repo")
+            line("hub commit", hub["commit"], "hub")
             for key in ("author", "last_modified", "license", "base_model", "downloads"):
                 if hub.get(key) not in (None, [], ""):
-                    line(key.replace("_", " "), hub[key], "repo")
+                    line(key.replace("_", " "), hub[key], "hub")
             if hub.get("model_files"):
                 print("model files in the repository:")
                 for f in hub["model_files"]:
