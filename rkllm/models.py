@@ -234,6 +234,18 @@ def _hub_error(exc: Exception, repo: str, file: str | None, revision: str | None
     return err
 
 
+DOWNLOAD_ATTEMPTS = 3
+
+
+def _transient(exc: BaseException) -> bool:
+    """A dropped connection or timeout that the client did not retry itself (huggingface_hub
+    0.x lets requests' errors through; 1.x and 2.x retry in-process first)."""
+    module = type(exc).__module__.split(".")[0]
+    if module in ("requests", "urllib3", "httpx", "httpx2", "httpcore"):
+        return "status" not in type(exc).__name__.lower()
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
 def list_remote(repo: str, *, revision: str | None = None,
                 endpoint_url: str | None = None) -> tuple[str, list[Any]]:
     """(commit, siblings with sizes and LFS digests) of ``repo`` at ``revision``."""
@@ -304,11 +316,16 @@ def pull(repo: str, file: str | None = None, *, revision: str | None = None,
     if not progress:
         hf_tqdm.disable_progress_bars()
     try:
-        path = hf_hub_download(repo, file, revision=revision or "main",
-                               cache_dir=str(cache_dir(cache)),
-                               endpoint=endpoint(endpoint_url))
-    except Exception as exc:
-        raise _hub_error(exc, repo, file, revision) from exc
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                path = hf_hub_download(repo, file, revision=revision or "main",
+                                       cache_dir=str(cache_dir(cache)),
+                                       endpoint=endpoint(endpoint_url))
+                break
+            except Exception as exc:
+                if attempt < DOWNLOAD_ATTEMPTS and _transient(exc):
+                    continue  # the client resumes from what it kept (0.x) or starts over
+                raise _hub_error(exc, repo, file, revision) from exc
     finally:
         if not progress:
             hf_tqdm.enable_progress_bars()
