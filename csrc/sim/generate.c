@@ -133,6 +133,11 @@ static int emit(emitter *e, int tok)
 
 static void finish(emitter *e, LLMCallState state)
 {
+    /* from here on a new run may be submitted: it waits until this callback returns */
+    pthread_mutex_lock(&e->h->mu);
+    e->h->finishing = 1;
+    pthread_cond_broadcast(&e->h->cv);
+    pthread_mutex_unlock(&e->h->mu);
     e->r.text = NULL;
     e->r.token_id = -1;
     deliver(e, state);

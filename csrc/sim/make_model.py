@@ -30,6 +30,21 @@ BOS_ID, EOS_ID = 0, 1
 ADDED = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>",
          "</tool_response>", "<image>", "<video>", "\n\n", "\n"]
 
+# extra vocabulary so that ordinary prompts tokenize into words, not bytes
+COMMON_WORDS = """
+a about after again all also always am an and any are as ask at back be because been before
+being best better between both but by call can city could day did do does done down each
+even every few find first for from get give go good great had has have he hello help helpful
+her here hi him his how i if in into is it its just know last like little long look make
+many may me more most much must my name need never new next no not now of off old on once
+one only or other our out over own people place please question read really right said same
+say see she should show so some something still such system take tell than thank thanks that
+the their them then there these they thing think this those through time to today too two up
+us use user very want was way we weather well were what when where which while who why will
+with word work world would write year yes yesterday you your assistant answer explain
+describe story about summary translate code python list number help tool function
+""".split()
+
 TEMPLATE = {
     "system_prompt": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n",
     "prompt_prefix": "<|im_start|>user\n",
@@ -100,6 +115,9 @@ def build_model(corpus: str, args: argparse.Namespace) -> bytes:
 
     for added in ADDED:
         token(added.encode())
+    for w in COMMON_WORDS:
+        for spelling in (w, " " + w, w.capitalize(), " " + w.capitalize()):
+            token(spelling.encode())
     words: list[tuple[int, ...]] = [(EOS_ID,)]
     word_id: dict[str, int] = {}
     follow: defaultdict[int, Counter[int]] = defaultdict(Counter)

@@ -58,6 +58,15 @@ static void release(sim_handle *h)
 
 static int on_runtime_thread(sim_handle *h) { return pthread_equal(pthread_self(), h->thread); }
 
+/* With h->mu held: is a run in progress? A run that is delivering its final callback is
+ * waited for (from another thread), so "wait for FINISH, then run again" never fails. */
+static int busy_locked(sim_handle *h)
+{
+    while (h->running && h->finishing && !on_runtime_thread(h))
+        pthread_cond_wait(&h->cv, &h->mu);
+    return h->running;
+}
+
 /* ---- tracing helpers ---- */
 
 static void trace_handle(sim_json *j, LLMHandle handle)
@@ -338,6 +347,7 @@ static void *worker(void *arg)
         pthread_mutex_lock(&h->mu);
         h->job_rc = rc;
         h->running = 0;
+        h->finishing = 0;
         h->done_seq++;
         pthread_cond_broadcast(&h->cv);
     }
@@ -811,7 +821,7 @@ static int submit(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip, void *u
         goto done;
     }
     pthread_mutex_lock(&h->mu);
-    if (h->running || h->quit) {
+    if (busy_locked(h) || h->quit) {
         pthread_mutex_unlock(&h->mu);
         sim_error("%s: %s", fn, h->quit ? "the handle is being destroyed"
                   : "another run is in progress on this handle (wait for it, or rkllm_abort it)");
@@ -900,7 +910,7 @@ static sim_handle *acquire_idle(LLMHandle handle, const char *fn)
     if (!h)
         return NULL;
     pthread_mutex_lock(&h->mu);
-    int busy = h->running;
+    int busy = busy_locked(h);
     pthread_mutex_unlock(&h->mu);
     if (busy) {
         sim_error("%s: a run is in progress on this handle", fn);
@@ -1150,7 +1160,7 @@ SIM_EXPORT int rkllm_get_kv_cache_size(LLMHandle handle, int *cache_sizes)
         sim_error("%s: cache_sizes is NULL (it needs room for n_batch ints)", fn);
     } else {
         pthread_mutex_lock(&h->mu);
-        int busy = h->running;
+        int busy = busy_locked(h);
         pthread_mutex_unlock(&h->mu);
         if (busy) {
             sim_error("%s: a run is in progress on this handle", fn);

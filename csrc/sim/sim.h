@@ -169,6 +169,7 @@ typedef struct sim_handle {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int has_job, running, quit, job_rc;
+    int finishing;          /* the run is delivering its final callback */
     unsigned long done_seq;
     volatile int abort_flag;
     sim_job job;
