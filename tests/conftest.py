@@ -68,6 +68,21 @@ def cc() -> str:
 
 
 @pytest.fixture(scope="session")
+def cc_program(cc: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``cc`` for tests that build a C program and run it. Skipped where such programs cannot
+    run: in the wheel tests under qemu-user (.ci/wheels), ``cc`` is a cross compiler for the
+    emulated arch and the host kernel cannot exec its output (no binfmt_misc)."""
+    probe_dir = tmp_path_factory.mktemp("cc-probe")
+    (probe_dir / "probe.c").write_text("int main(void) { return 0; }\n")
+    subprocess.run([cc, "-o", str(probe_dir / "probe"), str(probe_dir / "probe.c")], check=True)
+    try:
+        subprocess.run([str(probe_dir / "probe")], check=True, timeout=60)
+    except OSError as exc:  # ENOEXEC: built for another architecture than this kernel runs
+        pytest.skip(f"programs built by {cc} cannot run on this machine ({exc.strerror})")
+    return cc
+
+
+@pytest.fixture(scope="session")
 def fake_runtime(cc: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Builds tests/c/fake_symbols.c with the given flags (a library that only looks like an
     RKLLM runtime) and returns its path."""
