@@ -270,8 +270,8 @@ def pull(version: str, arch: str | None = None, *, base_url: str | None = None,
          force: bool = False) -> Path:
     """Make release ``version`` available in the user cache; returns the library path.
     A cached copy that still verifies is reused unless ``force``."""
+    rel = release(version)  # an unknown release is the first thing to report
     arch = resolve_arch(arch)
-    rel = release(version)
     rel.library(arch)  # unknown release/arch combinations fail before any download
     where = cache_dir(rel.version, arch)
     if not force:
@@ -285,8 +285,8 @@ def pull(version: str, arch: str | None = None, *, base_url: str | None = None,
 def cached_library(version: str, arch: str | None = None) -> Path:
     """The verified cached library of ``version``; raises RuntimeNotFoundError when it is not
     cached and IntegrityError when the cached file no longer matches its pin."""
+    rel = release(version)  # an unknown release is the first thing to report
     arch = resolve_arch(arch)
-    rel = release(version)
     where = cache_dir(rel.version, arch)
     if read_record(where) is None:
         raise RuntimeNotFoundError(
@@ -302,8 +302,8 @@ def library_path(version: str, arch: str | None = None) -> Path:
     """The verified library of release ``version``: the cached copy, else the wheel's bundled
     one if it is that release. This is what a release-valued setting (``RKLLM_RUNTIME=1.3.0``,
     ``rkllm runtime path 1.3.0``) resolves to; it never downloads."""
+    rel = release(version)  # an unknown release is the first thing to report
     arch = resolve_arch(arch)
-    rel = release(version)
     try:
         return cached_library(rel.version, arch)
     except RuntimeNotFoundError:

@@ -73,8 +73,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    rel = runtimes.release(args.release)
     arch = runtimes.resolve_arch(args.arch)
-    pin = runtimes.release(args.release).library(arch)
+    pin = rel.library(arch)
     if not args.force:
         try:
             lib = runtimes.cached_library(args.release, arch)
