@@ -488,7 +488,7 @@ int sim_execute(sim_handle *h, sim_job *job)
             return fail(&e, "the embedding callback returned %d", rc);
     }
 #endif
-    for (long i = reused; i < n && prefill_us > 0; i++)
+    for (long i = reused; i < n && prefill_us > 0 && !h->abort_flag; i++)
         pace(prefill_us, &deadline);
     if (job->cache_path && save_cache(h, job->cache_path) != 0)
         return fail(&e, "cannot write the prompt cache file '%s'", job->cache_path);

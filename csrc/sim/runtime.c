@@ -340,9 +340,9 @@ static void *worker(void *arg)
         if (!h->has_job)
             break; /* quit */
         h->has_job = 0;
-        int closing = h->quit;
         pthread_mutex_unlock(&h->mu);
-        int rc = closing ? -1 : sim_execute(h, &h->job);
+        /* an accepted run always ends with a final callback, even when destroy aborts it */
+        int rc = sim_execute(h, &h->job);
         sim_job_free(&h->job);
         pthread_mutex_lock(&h->mu);
         h->job_rc = rc;

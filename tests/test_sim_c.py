@@ -1,0 +1,212 @@
+"""The simulated runtime seen from C: build it from csrc/sim for every family, compile the
+C clients in tests/c against include/<family>/rkllm.h, run them and check what they report.
+
+Independent of the package build: the libraries are compiled into a temporary directory
+with the same flags setup.py uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = ("1.1.0", "1.2.0", "1.2.1", "1.3.0")
+NEWEST = {"1.1.0": "1.1.4", "1.2.0": "1.2.0", "1.2.1": "1.2.3", "1.3.0": "1.3.0"}
+MAKE_MODEL = ROOT / "csrc" / "sim" / "make_model.py"
+DEMO = ROOT / "rkllm" / "_sim" / "demo.rkllm"
+CC = shutil.which("gcc") or shutil.which("cc")
+
+pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (gcc) on PATH")
+
+# checks every family's client must report (more are added per family)
+COMMON_CHECKS = {
+    "dlopen", "sim_info", "exported_functions", "internals_hidden", "default_param",
+    "init_missing_file", "init_empty_file", "init_truncated_file", "init_corrupt_file",
+    "init_other_format", "init_incompatible_model", "init_lora_as_model", "init_null_arguments",
+    "run_blocking", "callbacks_on_runtime_thread", "deterministic_same_handle",
+    "deterministic_new_handle", "prompt_changes_text", "max_new_tokens_5", "max_new_tokens_minus_one",
+    "top_k_changes_text", "temperature_changes_text", "top_p_changes_text",
+    "repeat_penalty_changes_text", "frequency_penalty_changes_text",
+    "presence_penalty_changes_text", "mirostat_changes_text", "special_tokens_shown",
+    "special_tokens_skipped", "waiting_state", "normal_texts_complete", "raw_token_bytes",
+    "ignore_eos_long_output", "prompt_longer_than_context", "bad_handles", "bad_inputs",
+    "run_async_returns", "run_while_running", "abort_within_a_token", "param_is_async",
+    "destroy_while_running", "two_handles", "calls_from_callback", "hidden_layer_mode",
+    "token_input", "embed_input", "multimodal_input", "multimodal_needs_placeholder",
+    "prompt_cache_saved", "prompt_cache_same_text", "prompt_cache_bad_files", "load_lora",
+    "lora_changes_text", "lora_failures",
+}
+FAMILY_CHECKS = {
+    "1.1.0": set(),
+    "1.2.0": {"history_changes_answer", "clear_kv_cache_forgets", "chat_template_changes_text",
+              "logits_mode"},
+    "1.2.1": {"history_changes_answer", "clear_kv_cache_forgets", "chat_template_changes_text",
+              "logits_mode", "init_n_batch_zero", "perf_stats", "callback_return_stops",
+              "pause_keeps_kv_cache", "clear_kv_cache_range", "kv_cache_grows_with_history",
+              "system_prompt_kept", "prompt_cache_reused", "tool_call_generated",
+              "tool_role_input", "cross_attn_required", "cross_attn_changes_text",
+              "enable_thinking"},
+}
+FAMILY_CHECKS["1.3.0"] = FAMILY_CHECKS["1.2.1"] | {
+    "per_run_sampling_and_max_new_tokens", "per_run_sampling_checked", "ignore_eos_token",
+    "result_userdata_fallback", "tokenizer_callback", "embed_callback",
+    "tokenizer_callback_failure", "multimodal_video"}
+
+
+def compile_sim(family: str, out: Path) -> Path:
+    lib = out / f"librkllmrt-sim-{family}.so"
+    sources = sorted(str(p) for p in (ROOT / "csrc" / "sim").glob("*.c"))
+    subprocess.run([CC, "-shared", "-fPIC", "-O2", "-std=gnu11", "-fvisibility=hidden", "-pthread",
+                    "-Wall", "-Werror", f'-DRKLLM_SIM_FAMILY="{family}"',
+                    f"-I{ROOT / 'include' / family}", f"-I{ROOT / 'csrc' / 'sim'}", *sources,
+                    "-o", str(lib), "-lm"], check=True, capture_output=True, text=True)
+    return lib
+
+
+def compile_client(source: str, family: str, lib: Path, out: Path) -> Path:
+    exe = out / f"{Path(source).stem}-{family}"
+    subprocess.run([CC, "-std=gnu11", "-O1", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
+                    f"-I{ROOT / 'include' / family}", str(ROOT / "tests" / "c" / source),
+                    "-o", str(exe), str(lib), f"-Wl,-rpath,{lib.parent}", "-lpthread", "-ldl", "-lm"],
+                   check=True, capture_output=True, text=True)
+    return exe
+
+
+def make_model(out: Path, *args: str) -> Path:
+    subprocess.run([sys.executable, str(MAKE_MODEL), "-o", str(out), *args], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sims(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("sims")
+    return {family: compile_sim(family, out) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The damaged and other model files the C client expects in SIM_DIR (a newer.rkllm is
+    added per family)."""
+    d = tmp_path_factory.mktemp("models")
+    data = DEMO.read_bytes()
+    (d / "empty.rkllm").write_bytes(b"")
+    (d / "truncated.rkllm").write_bytes(data[: len(data) // 2])
+    corrupt = bytearray(data)
+    corrupt[len(data) // 3] ^= 0x5A
+    (d / "corrupt.rkllm").write_bytes(bytes(corrupt))
+    (d / "other.bin").write_bytes(b"\x7fELF" + bytes(200))
+    make_model(d / "lora.rkllm", "--lora")
+    make_model(d / "lora_other.rkllm", "--lora", "--base-model", "another-model")
+    make_model(d / "newer-than-1.1.0.rkllm", "--toolkit-version", "1.2.0")
+    make_model(d / "newer-than-1.2.0.rkllm", "--toolkit-version", "1.2.2")
+    make_model(d / "newer-than-1.2.1.rkllm", "--toolkit-version", "1.3.0")
+    make_model(d / "newer-than-1.3.0.rkllm", "--toolkit-version", "1.4.0")
+    return d
+
+
+def sim_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RKLLM_")}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_c_client_exercises_every_function(family: str, sims: dict[str, Path], model_files: Path,
+                                           tmp_path: Path) -> None:
+    exe = compile_client("sim_client.c", family, sims[family], tmp_path)
+    work = tmp_path / "files"
+    shutil.copytree(model_files, work)
+    shutil.copy(work / f"newer-than-{family}.rkllm", work / "newer.rkllm")
+    proc = subprocess.run([str(exe)], env=sim_env(SIM_MODEL=str(DEMO), SIM_DIR=str(work),
+                                                  SIM_LIB=str(sims[family])),
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.splitlines()
+    failed = [line for line in lines if line.startswith("FAIL")]
+    passed = {line.split()[1] for line in lines if line.startswith("ok ")}
+    assert not failed, "\n".join(failed) + "\n" + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    missing = (COMMON_CHECKS | FAMILY_CHECKS[family]) - passed
+    assert not missing, f"checks not reported: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_release_string_and_startup_line(family: str, sims: dict[str, Path], tmp_path: Path) -> None:
+    # the shim detects the release by scanning the file before calling anything
+    data = sims[family].read_bytes()
+    assert f"RKLLM SDK (version: {NEWEST[family]})".encode() in data
+    assert b"RKLLM SDK (version: " + b"1.9.9" not in data
+    exe = compile_client("trace_client.c", family, sims[family], tmp_path)
+    proc = subprocess.run([str(exe), str(DEMO)], env=sim_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.split() == ["0", "0", "0", "-1"]
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("I RKLLM-SIM: rkllm-cffi simulated runtime (not an NPU)")
+    assert f"ABI family {family}" in first and "rkllm-sim-demo" in first
+    assert "E RKLLM-SIM: rkllm_destroy: invalid handle" in proc.stderr
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trace_records_every_call_and_field(family: str, sims: dict[str, Path], tmp_path: Path) -> None:
+    exe = compile_client("trace_client.c", family, sims[family], tmp_path)
+    trace = tmp_path / "trace.jsonl"
+    subprocess.run([str(exe), str(DEMO)], env=sim_env(RKLLM_SIM_TRACE=str(trace), RKLLM_SIM_QUIET="1"),
+                   check=True, capture_output=True, timeout=60)
+    records = [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines()]
+    assert [r["call"] for r in records] == ["rkllm_createDefaultParam", "rkllm_init", "rkllm_run",
+                                            "rkllm_destroy", "rkllm_destroy"]
+    assert [r["rc"] for r in records] == [0, 0, 0, 0, -1]
+    init = records[1]["args"]
+    assert init["param"]["model_path"] == str(DEMO)
+    assert init["param"]["top_k"] == 7 and init["param"]["max_context_len"] == 1024
+    assert init["handle_ptr"] == "non-null"
+    assert ("n_batch" in init["param"]["extend_param"]) == (family >= "1.2.1")
+    assert ("ignore_eos_token" in init["param"]) == (family == "1.3.0")
+    assert ("img_start" in init["param"]) == (family != "1.3.0")
+    if family == "1.3.0":
+        assert init["callback"]["result_callback"] == "non-null"
+        assert init["callback"]["tokenizer_callback"] is None
+    run = records[2]["args"]
+    assert run["rkllm_input"]["prompt_input"] == "Say \"h\u00e9llo\"\n\u201cquoted\u201d"
+    assert run["rkllm_infer_params"]["lora_params"] is None
+    assert run["rkllm_infer_params"]["prompt_cache_params"] == {
+        "save_prompt_cache": 0, "prompt_cache_path": "unused.bin"}
+    assert run["userdata"] == "non-null"
+    assert records[3]["args"]["handle"] == records[1]["args"]["handle"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_demo_model_loads_and_newer_models_fail(family: str, sims: dict[str, Path], model_files: Path,
+                                                tmp_path: Path) -> None:
+    exe = compile_client("trace_client.c", family, sims[family], tmp_path)
+    ok = subprocess.run([str(exe), str(DEMO)], env=sim_env(), capture_output=True, text=True, timeout=60)
+    assert ok.stdout.split()[0] == "0"
+    newer = model_files / f"newer-than-{family}.rkllm"
+    bad = subprocess.run([str(exe), str(newer)], env=sim_env(), capture_output=True, text=True, timeout=60)
+    assert bad.stdout.split()[0] == "-1"
+    assert "needs a newer runtime" in bad.stderr and f"ABI family {family}" in bad.stderr
+
+
+def test_committed_demo_model_matches_generator(tmp_path: Path) -> None:
+    fresh = make_model(tmp_path / "demo.rkllm")
+    assert fresh.read_bytes() == DEMO.read_bytes(), "regenerate rkllm/_sim/demo.rkllm with make_model.py"
+
+
+def test_demo_model_container() -> None:
+    data = DEMO.read_bytes()
+    assert data[:8] == b"RKSIMLLM"
+    assert int.from_bytes(data[16:24], "little") == len(data)
+    assert zlib.crc32(data[:-4]) == int.from_bytes(data[-4:], "little")
+    meta_off = int.from_bytes(data[24 + 8:24 + 16], "little")
+    meta_len = int.from_bytes(data[24 + 16:24 + 24], "little")
+    meta = dict(line.split("=", 1) for line in data[meta_off:meta_off + meta_len].decode().splitlines())
+    assert meta["kind"] == "model" and meta["toolkit_version"] == "1.1.0"
+    assert int(meta["max_context_len"]) >= 4096
+    assert meta["target_platform"] == "rk3588"
