@@ -14,7 +14,6 @@ import os
 import platform as _platform
 import re
 import struct
-import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path

@@ -402,7 +402,8 @@ def resolve_model(ref: str, *, revision: str | None = None) -> str:
             snap = Path(cached[0]).parents[0]
             cands = [Candidate.from_name(os.path.relpath(p, snap), os.path.getsize(p), repo)
                      for p in cached]
-            choice = choose_file(cands, platform=board_platform(), runtime_release=runtime_release())
+            choice = choose_file(cands, platform=board_platform(),
+                                 runtime_release=runtime_release())
             if choice.chosen is not None:
                 return str(snap / choice.chosen.file)
             listing = ", ".join(c.file for c in (choice.remaining or cands))
@@ -462,8 +463,9 @@ def list_cached(cache: str | os.PathLike[str] | None = None) -> list[CachedModel
                 if not rel.endswith(MODEL_SUFFIX):
                     continue
                 mi = inspect_model(str(f.file_path), repo=repo.repo_id)
-                sources: dict[str, str] = {k: mi.facts[k].source for k in ("platform", "toolkit_version")
-                           if k in mi.facts}
+                sources: dict[str, str] = {
+                    k: mi.facts[k].source for k in ("platform", "toolkit_version")
+                    if k in mi.facts}
                 out.append(CachedModel(repo.repo_id, rel, rev.commit_hash,
                                        tuple(sorted(rev.refs)), f.size_on_disk,
                                        str(f.file_path), mi.platform, mi.toolkit_version,

@@ -179,7 +179,8 @@ def test_compatibility_rule(tmp_path: Path, model_tk: str, model_platform: str,
 
 def test_simulated_vs_real_runtime(tmp_path: Path) -> None:
     sim = inspect_model(write(tmp_path / "s.rkllm", sim_model_bytes()))
-    assert [f.refuse for f in check_compatibility(sim, "1.2.1", "rk3588", simulator=False)] == [True]
+    on_real = check_compatibility(sim, "1.2.1", "rk3588", simulator=False)
+    assert [f.refuse for f in on_real] == [True]
     assert check_compatibility(sim, "1.2.1", "rk3588", simulator=True) == []
     real = inspect_model(write(tmp_path / "r-rk3588.rkllm", os.urandom(ins.HEAD_BYTES * 2)))
     assert check_compatibility(real, "1.2.1", "rk3588", simulator=True)[0].refuse
