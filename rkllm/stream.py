@@ -19,6 +19,9 @@ from rkllm.errors import ClosedError, GenerationError
 # How long one pull waits before Python gets a chance to see Ctrl-C (signals are handled
 # between bytecodes, and the pull runs with the GIL released).
 POLL_MS = 50
+# How long Ctrl-C waits for the runtime to stop before handing control back; a runtime still
+# busy after that (some cannot abort a prefill) is waited for by the model's next call.
+INTERRUPT_WAIT_MS = 50
 
 
 @dataclass(frozen=True)
@@ -107,14 +110,19 @@ class _Run:
         self.outcome: dict[str, Any] | None = None
         self.ended = False
 
-    def end(self) -> None:
-        """Ends the session (aborting a run still going); idempotent."""
+    def end(self, timeout_ms: int = 60000) -> None:
+        """Ends the session (aborting a run still going); idempotent. With a short timeout
+        a runtime slow to stop is left to the model (its next call waits for it)."""
         if self.ended:
             return
         self.ended = True
         try:
-            self.outcome = self.model.end()
+            self.outcome = self.model.end(timeout_ms)
         except ClosedError:
+            self.outcome = None
+        except GenerationError:
+            if timeout_ms >= 60000:
+                raise
             self.outcome = None
 
     def finish(self) -> None:
@@ -170,6 +178,9 @@ def _pieces(run: _Run, chunked: bool) -> Iterator[str]:
             if done:
                 break
         run.finish()
+    except KeyboardInterrupt:
+        run.end(INTERRUPT_WAIT_MS)
+        raise
     finally:
         run.end()
 

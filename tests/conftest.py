@@ -29,7 +29,7 @@ def quiet_sim(monkeypatch: pytest.MonkeyPatch) -> None:
     """No start-up line from the simulator, no per-token delay unless a test sets one."""
     monkeypatch.setenv("RKLLM_SIM_QUIET", "1")
     for name in ("RKLLM_SIM_TOKEN_US", "RKLLM_SIM_PREFILL_US", "RKLLM_SIM_RAW_TOKENS",
-                 "RKLLM_LIBRARY", "RKLLM_ABI", "RKLLM_SIM_TRACE"):
+                 "RKLLM_SIM_IGNORE_EOS", "RKLLM_LIBRARY", "RKLLM_ABI", "RKLLM_SIM_TRACE"):
         monkeypatch.delenv(name, raising=False)
 
 

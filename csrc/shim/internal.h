@@ -87,7 +87,10 @@ typedef struct {
     uint32_t n_codepoints;
 } rkshim_buf;
 
-/* Called by a family's result callback; returns 1 to ask the runtime to stop. */
+/* Called by a family's result callback; returns what the callback returns (1.2.1+): always
+ * 0, because there 1 means "pause" (the runtime keeps the run's state to be resumed by the
+ * next rkllm_run), which rkllm-cffi does not use. Runs are stopped with rkllm_abort. Output
+ * after a stop was asked for is dropped here. */
 int rkshim_deliver(rkshim_model *m, const rkshim_event *ev);
 
 /* A copy of data owned by the model until it is freed (for what rkllm_init may keep a

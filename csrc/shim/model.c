@@ -41,6 +41,7 @@ struct rkshim_model {
     int closing, closed;
     int op_active;             /* a short runtime call (clear_kv_cache, ...) is running */
     int session;               /* start() .. end() */
+    int orphaned;              /* end() gave up waiting: the next start/op/close finishes it */
     int in_run;                /* the runner is inside rkllm_run */
     int run_done;              /* the runner has returned */
     int runner_live, join_claimed;
@@ -48,6 +49,7 @@ struct rkshim_model {
 
     int stop_wanted;           /* drop further output and ask the runtime to stop */
     int cancelled, limit_hit, abort_sent, terminal;
+    int aborters;              /* helper threads inside rkllm_abort */
     int consumer_waiting, producer_waiting;
 
     rkshim_buf bufs[2];
@@ -220,7 +222,7 @@ static void keep_array(rkshim_model *m, int kind, const float *data, int rows, i
 }
 
 int rkshim_deliver(rkshim_model *m, const rkshim_event *ev) {
-    if (!m) return 1;
+    if (!m) return 0;
     pthread_mutex_lock(&m->lock);
     int mode = m->job ? m->job->a.mode : RKSHIM_MODE_GENERATE;
     if (ev->kind == EV_FINISH || ev->kind == EV_ERROR) {
@@ -244,13 +246,13 @@ int rkshim_deliver(rkshim_model *m, const rkshim_event *ev) {
     }
     if (m->stop_wanted) {
         pthread_mutex_unlock(&m->lock);
-        return 1;
+        return 0;
     }
     if (m->max_tokens >= 0 && m->outcome.n_tokens >= m->max_tokens) {
         m->limit_hit = m->stop_wanted = 1;
         notify_consumer(m); /* the consumer sends the abort */
         pthread_mutex_unlock(&m->lock);
-        return 1;
+        return 0;
     }
     size_t len = ev->text ? strlen(ev->text) : 0;
     rkshim_buf *b = &m->bufs[m->prod];
@@ -265,7 +267,7 @@ int rkshim_deliver(rkshim_model *m, const rkshim_event *ev) {
     }
     if (m->stop_wanted || m->closing) {
         pthread_mutex_unlock(&m->lock);
-        return 1;
+        return 0;
     }
     if (buf_reserve(b, 3 * (len + 4)) != 0) {
         pthread_mutex_unlock(&m->lock);
@@ -280,13 +282,12 @@ int rkshim_deliver(rkshim_model *m, const rkshim_event *ev) {
     b->n++;
     m->outcome.n_tokens++;
     if (was_empty) notify_consumer(m);
-    int stop = m->max_tokens >= 0 && m->outcome.n_tokens >= m->max_tokens;
-    if (stop) {
-        m->limit_hit = m->stop_wanted = 1;
+    if (m->max_tokens >= 0 && m->outcome.n_tokens >= m->max_tokens) {
+        m->limit_hit = m->stop_wanted = 1; /* the consumer sends the abort */
         notify_consumer(m);
     }
     pthread_mutex_unlock(&m->lock);
-    return stop;
+    return 0;
 }
 
 /* ---- the runner ------------------------------------------------------------------------ */
@@ -339,6 +340,38 @@ static void *runner_main(void *arg) {
     return NULL;
 }
 
+/* rkllm_abort may block until the run has stopped (the simulator's does, and a real
+ * runtime may), so it is called from a short-lived helper thread: whoever asks for a stop
+ * can still wait with a time limit. close() waits for these threads before destroying. */
+static void *aborter_main(void *arg) {
+    rkshim_model *m = arg;
+    ((int (*)(void *))m->rt->sym[SYM_abort])(m->handle);
+    pthread_mutex_lock(&m->lock);
+    m->aborters--;
+    pthread_cond_broadcast(&m->state_cond);
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+/* With the lock held: one abort in flight at a time, while the runner is inside rkllm_run. */
+static void send_abort(rkshim_model *m) {
+    if (!m->in_run || m->aborters) return;
+    m->abort_sent = 1;
+    m->aborters++;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int err = pthread_create(&t, &attr, aborter_main, m);
+    pthread_attr_destroy(&attr);
+    if (err != 0) { /* no thread: abort from here */
+        pthread_mutex_unlock(&m->lock);
+        ((int (*)(void *))m->rt->sym[SYM_abort])(m->handle);
+        pthread_mutex_lock(&m->lock);
+        m->aborters--;
+    }
+}
+
 /* Called with the lock held: asks the runtime to stop and waits (up to timeout_ms, < 0 no
  * limit) for the runner to return, then joins it. Returns OK or E_TIMEOUT. */
 static int stop_and_join(rkshim_model *m, int timeout_ms) {
@@ -350,18 +383,14 @@ static int stop_and_join(rkshim_model *m, int timeout_ms) {
     }
     double give_up = timeout_ms < 0 ? 0 : now_ms() + timeout_ms;
     while (!m->run_done) {
-        if (m->in_run) { /* repeated: an abort sent just before rkllm_run began is lost */
-            m->abort_sent = 1;
-            pthread_mutex_unlock(&m->lock);
-            ((int (*)(void *))m->rt->sym[SYM_abort])(m->handle);
-            pthread_mutex_lock(&m->lock);
-        }
-        if (m->run_done) break;
+        send_abort(m); /* repeated: an abort sent just before rkllm_run began is lost */
         if (timeout_ms >= 0 && now_ms() >= give_up) return RKSHIM_E_TIMEOUT;
         struct timespec ts;
         deadline_after(&ts, ABORT_REPEAT_MS);
         pthread_cond_timedwait(&m->state_cond, &m->lock, &ts);
     }
+    /* a late abort must not hit the next run */
+    while (m->aborters) pthread_cond_wait(&m->state_cond, &m->lock);
     if (m->join_claimed) { /* another thread joins; wait for it */
         while (m->runner_live) pthread_cond_wait(&m->state_cond, &m->lock);
         return RKSHIM_OK;
@@ -440,8 +469,8 @@ int rkshim_model_close(rkshim_model *m) {
         return rkshim_fail(RKSHIM_E_TIMEOUT,
                            "the runtime did not stop within 60 s; the model was not destroyed");
     }
-    while (m->op_active) pthread_cond_wait(&m->state_cond, &m->lock);
-    m->session = 0;
+    while (m->op_active || m->aborters) pthread_cond_wait(&m->state_cond, &m->lock);
+    m->session = m->orphaned = 0;
     void *handle = m->handle;
     pthread_mutex_unlock(&m->lock);
     int drc = ((int (*)(void *))m->rt->sym[SYM_destroy])(handle);
@@ -457,6 +486,10 @@ int rkshim_model_close(rkshim_model *m) {
 void rkshim_model_free(rkshim_model *m) {
     if (!m) return;
     if (!m->closed) rkshim_model_close(m);
+    pthread_mutex_lock(&m->lock);
+    int busy = m->aborters || (m->runner_live && !m->run_done);
+    pthread_mutex_unlock(&m->lock);
+    if (busy) return; /* a runtime that never stopped: leak rather than free under it */
     for (int i = 0; i < 2; i++) {
         free(m->bufs[i].text);
         free(m->bufs[i].ends);
@@ -525,11 +558,20 @@ static rkshim_job *copy_job(const rkshim_run_args *a) {
     return job;
 }
 
+/* With the lock held: finishes a session whose consumer gave up waiting for it. */
+static void reap_orphan(rkshim_model *m) {
+    if (m->session && m->orphaned && stop_and_join(m, -1) == RKSHIM_OK && m->orphaned) {
+        m->session = m->orphaned = 0;
+        pthread_cond_broadcast(&m->state_cond);
+    }
+}
+
 int rkshim_model_start(rkshim_model *m, const rkshim_run_args *args) {
     rkshim_clear_error();
     rkshim_job *job = copy_job(args);
     if (!job) return rkshim_fail(RKSHIM_E_NOMEM, "out of memory");
     pthread_mutex_lock(&m->lock);
+    reap_orphan(m);
     int rc = RKSHIM_OK;
     if (m->closed || m->closing)
         rc = rkshim_fail(RKSHIM_E_CLOSED, "the model is closed");
@@ -586,13 +628,8 @@ int rkshim_model_pull(rkshim_model *m, rkshim_batch *out, int timeout_ms) {
             rc = rkshim_fail(RKSHIM_E_PARAM, "no generation in progress");
             break;
         }
-        if (m->stop_wanted && !m->abort_sent && m->in_run) {
-            m->abort_sent = 1; /* the token limit was hit: stop the runtime from this thread */
-            pthread_mutex_unlock(&m->lock);
-            ((int (*)(void *))m->rt->sym[SYM_abort])(m->handle);
-            pthread_mutex_lock(&m->lock);
-            continue;
-        }
+        if (m->stop_wanted && !m->abort_sent && m->in_run)
+            send_abort(m); /* the token limit was hit */
         rkshim_buf *p = &m->bufs[m->prod];
         if (p->n > 0) {
             m->prod ^= 1;
@@ -633,12 +670,7 @@ int rkshim_model_abort(rkshim_model *m) {
         m->stop_wanted = 1;
         if (!m->limit_hit) m->cancelled = 1;
         pthread_cond_broadcast(&m->state_cond);
-        if (m->in_run) {
-            m->abort_sent = 1;
-            pthread_mutex_unlock(&m->lock);
-            ((int (*)(void *))m->rt->sym[SYM_abort])(m->handle);
-            return RKSHIM_OK;
-        }
+        send_abort(m);
     }
     pthread_mutex_unlock(&m->lock);
     return RKSHIM_OK;
@@ -652,10 +684,12 @@ int rkshim_model_end(rkshim_model *m, int timeout_ms, rkshim_outcome *out) {
         rc = stop_and_join(m, timeout_ms);
         if (rc == RKSHIM_OK) {
             if (out) *out = m->outcome;
-            m->session = 0;
+            m->session = m->orphaned = 0;
             pthread_cond_broadcast(&m->state_cond);
         } else {
-            rkshim_fail(rc, "the runtime did not stop within %d ms", timeout_ms);
+            m->orphaned = 1;
+            rkshim_fail(rc, "the runtime did not stop within %d ms; the model finishes the "
+                            "run's clean-up before its next call", timeout_ms);
         }
     }
     pthread_mutex_unlock(&m->lock);
@@ -711,6 +745,10 @@ static int op_begin(rkshim_model *m) {
         if (m->closed || m->closing) {
             pthread_mutex_unlock(&m->lock);
             return rkshim_fail(RKSHIM_E_CLOSED, "the model is closed");
+        }
+        if (m->session && m->orphaned) {
+            reap_orphan(m);
+            continue;
         }
         if (m->session) {
             pthread_mutex_unlock(&m->lock);

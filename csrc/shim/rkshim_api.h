@@ -178,8 +178,9 @@ int rkshim_model_is_closed(rkshim_model *m);
 /* Generation: start one run (E_BUSY if one is going), pull batches (timeout_ms: 0 polls,
  * < 0 waits without limit), then end it (aborts it if still running and waits for the
  * runtime's last callback; timeout_ms bounds that wait; out, if not NULL, gets how the
- * run ended, unless the session had already ended). abort only asks the runtime to stop;
- * the consumer still pulls until done. */
+ * run ended, unless the session had already ended; on E_TIMEOUT the session is left to
+ * the model, whose next start/call/close waits for the runtime and finishes it). abort only
+ * asks the runtime to stop; the consumer still pulls until done. */
 int rkshim_model_start(rkshim_model *m, const rkshim_run_args *args);
 int rkshim_model_pull(rkshim_model *m, rkshim_batch *out, int timeout_ms);
 int rkshim_model_abort(rkshim_model *m);
