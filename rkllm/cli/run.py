@@ -1,0 +1,145 @@
+"""``rkllm run MODEL [PROMPT]``: stream one answer to stdout.
+
+MODEL is a path, ``REPO[:FILE]`` from the Hugging Face cache or hub, or ``demo`` (the
+simulated demo model). Without ``--runtime``, the runtime is found as ``rkllm.LLM`` finds it;
+on a machine with none (an x86_64 PC, say) the simulated runtime is used, and that is said
+once on stderr. Ctrl-C stops the runtime and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+SAMPLING_OPTIONS = (
+    # (flag, params name, type, help)
+    ("--temperature", "temperature", float, "sampling temperature"),
+    ("--top-k", "top_k", int, "sample from the K most likely tokens (1: greedy)"),
+    ("--top-p", "top_p", float, "nucleus sampling threshold (0-1)"),
+    ("--repeat-penalty", "repeat_penalty", float, "penalty for repeated tokens (1: none)"),
+    ("--frequency-penalty", "frequency_penalty", float, "penalty by frequency in the output"),
+    ("--presence-penalty", "presence_penalty", float, "penalty for presence in the output"),
+    ("--max-context-len", "max_context_len", int, "tokens the context holds"),
+)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "run", help="stream an answer from a model",
+        description="Load MODEL and stream its answer to PROMPT (or to standard input) on "
+                    "stdout. MODEL: a .rkllm path, REPO[:FILE] (Hugging Face), or 'demo' for "
+                    "the simulated demo model. Without a real RKLLM runtime on this machine, "
+                    "the simulated runtime is used (and said so on stderr).")
+    p.add_argument("model", metavar="MODEL", help="a .rkllm file, REPO[:FILE], or 'demo'")
+    p.add_argument("prompt", metavar="PROMPT", nargs="?",
+                   help="the prompt (default: read from standard input)")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=None,
+                   help="stop after this many tokens (default: the model's limit)")
+    for flag, _, kind, text in SAMPLING_OPTIONS:
+        p.add_argument(flag, type=kind, default=None, help=text)
+    p.add_argument("--system", help="instructions placed before the prompt")
+    p.add_argument("--runtime", metavar="LIB",
+                   help="librkllmrt.so to use, or 'sim' / 'sim:RELEASE' for the simulated one "
+                        "(default: RKLLM_LIBRARY, the bundled runtime, the system's; else sim)")
+    p.add_argument("--abi", metavar="RELEASE",
+                   help="force the runtime's ABI release (like RKLLM_ABI), e.g. 1.2.1")
+    p.add_argument("--verbose", action="store_true",
+                   help="print timings (load, prompt eval, eval) on stderr when done")
+    p.set_defaults(func=cmd_run)
+
+
+def _resolve_model(ref: str) -> str:
+    try:
+        from rkllm.models import resolve_model
+    except ImportError:  # the Hugging Face layer is optional here: paths and demo still work
+        if ref == "demo" and not os.path.exists(ref):
+            from rkllm.sim import demo_model_path
+
+            return demo_model_path()
+        return ref
+    return resolve_model(ref)
+
+
+def _choose_runtime(args: argparse.Namespace) -> Any:
+    """The runtime: as asked; for the demo model the simulator; else the usual search, with
+    the simulator as the fallback of a machine that has no runtime."""
+    import rkllm
+    from rkllm.errors import RuntimeNotFoundError
+
+    if args.runtime:
+        return rkllm.load_runtime(args.runtime, abi=args.abi)
+    if args.model == "demo" and not os.environ.get("RKLLM_LIBRARY"):
+        return rkllm.load_runtime("sim", abi=args.abi)
+    try:
+        return rkllm.load_runtime(None, abi=args.abi)
+    except RuntimeNotFoundError as exc:
+        if os.environ.get("RKLLM_LIBRARY"):
+            raise
+        del exc  # the places tried: `rkllm doctor`, or python -c "import rkllm; rkllm.LLM(...)"
+        print("rkllm: no RKLLM runtime (librkllmrt.so) on this machine; using the simulated "
+              "runtime (no NPU). Give --runtime for a real one.", file=sys.stderr, flush=True)
+        return rkllm.load_runtime("sim", abi=args.abi)
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        return str(args.prompt)
+    if sys.stdin.isatty():
+        print("(type the prompt, then Ctrl-D)", file=sys.stderr, flush=True)
+    return sys.stdin.read().rstrip("\n")
+
+
+def _ms(ms: float) -> str:
+    return f"{ms / 1000:.3f}s" if ms >= 1000 else f"{ms:.2f}ms"
+
+
+def _report(total_s: float, load_s: float, stream: Any, stderr: Any) -> None:
+    perf = stream.perf
+    rows = [("total duration", _ms(total_s * 1000)), ("load duration", _ms(load_s * 1000))]
+    if perf is not None:
+        if perf.prefill_tokens is not None:
+            rows.append(("prompt eval count", f"{perf.prefill_tokens} token(s)"))
+        else:
+            rows.append(("prompt eval count", "not reported by this runtime (< 1.2.1)"))
+        rows.append(("prompt eval duration", _ms(perf.prefill_ms)))
+        if perf.prefill_tokens_per_s is not None:
+            rows.append(("prompt eval rate", f"{perf.prefill_tokens_per_s:.2f} tokens/s"))
+        rows.append(("eval count", f"{perf.generate_tokens} token(s)"))
+        rows.append(("eval duration", _ms(perf.generate_ms)))
+        if perf.generate_tokens_per_s is not None:
+            rows.append(("eval rate", f"{perf.generate_tokens_per_s:.2f} tokens/s"))
+    rows.append(("finish reason", str(stream.finish_reason)))
+    width = max(len(name) for name, _ in rows) + 2
+    for name, value in rows:
+        print(f"{name + ':':<{width}}{value}", file=stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import rkllm
+    from rkllm.errors import ParamError
+
+    started = time.perf_counter()
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ParamError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    path = _resolve_model(args.model)
+    prompt = _read_prompt(args)
+    if args.system:
+        prompt = f"{args.system}\n\n{prompt}"
+    params = {name: getattr(args, name) for _, name, _, _ in SAMPLING_OPTIONS
+              if getattr(args, name) is not None}
+    runtime = _choose_runtime(args)
+    with rkllm.LLM(path, runtime=runtime.path, abi=args.abi, params=params) as llm:
+        loaded = time.perf_counter()
+        out = sys.stdout
+        stream = llm.generate(prompt, max_new_tokens=args.max_new_tokens)
+        for piece in stream:
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        out.flush()
+    if args.verbose:
+        _report(time.perf_counter() - started, loaded - started, stream, sys.stderr)
+    return 0

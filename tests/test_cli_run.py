@@ -1,0 +1,80 @@
+"""``rkllm run`` as a user runs it: a subprocess, the demo model, the simulated runtime."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+PROMPT = "Tell me about the sea."
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RKLLM_")}
+    env.update(extra)
+    return env
+
+
+def _run(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rkllm.cli", "run", *args], input=stdin,
+                          capture_output=True, text=True, env=_env(**env), timeout=60)
+
+
+def test_demo_streams_an_answer() -> None:
+    r = _run("demo", PROMPT)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip()) > 20 and r.stdout.endswith("\n")
+    assert "simulated" in r.stderr  # it says it is not the NPU
+
+
+@pytest.mark.parametrize("family", ["1.1.0", "1.3.0"])
+def test_options_and_verbose_timings(family: str) -> None:
+    r = _run("demo", PROMPT, "-n", "7", "--top-k", "1", "--temperature", "0.7",
+             "--runtime", f"sim:{family}", "--verbose", RKLLM_SIM_QUIET="1")
+    assert r.returncode == 0, r.stderr
+    for label in ("total duration:", "load duration:", "prompt eval duration:",
+                  "eval count:           7 token(s)", "eval rate:", "finish reason:        length"):
+        assert label in r.stderr
+    assert ("prompt eval rate:" in r.stderr) == (family >= "1.2.1")
+
+
+def test_prompt_from_stdin_equals_the_argument() -> None:
+    a = _run("demo", PROMPT, "-n", "15", "--top-k", "1", RKLLM_SIM_QUIET="1")
+    b = _run("demo", "-n", "15", "--top-k", "1", stdin=PROMPT + "\n", RKLLM_SIM_QUIET="1")
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
+
+
+def test_simulator_is_the_default_without_a_runtime() -> None:
+    if any(os.path.exists(p) for p in ("/usr/lib/librkllmrt.so", "/usr/local/lib/librkllmrt.so")):
+        pytest.skip("a runtime is installed on this machine")
+    from rkllm.sim import demo_model_path
+
+    r = _run(demo_model_path(), PROMPT, "-n", "5", RKLLM_SIM_QUIET="1")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("using the simulated runtime") == 1
+
+
+def test_bad_input_is_one_line() -> None:
+    r = _run("demo", PROMPT, "--top-p", "3")
+    assert r.returncode == 1 and "top_p must be between" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = _run("demo", PROMPT, "--runtime", "/nonexistent/librkllmrt.so")
+    assert r.returncode == 1 and "no such file" in r.stderr
+
+
+def test_ctrl_c_exits_130_promptly() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "rkllm.cli", "run", "demo", PROMPT, "-n", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(RKLLM_SIM_QUIET="1", RKLLM_SIM_TOKEN_US="5000", RKLLM_SIM_IGNORE_EOS="1"))
+    assert child.stdout is not None
+    assert child.stdout.read(1)  # it is streaming
+    sent = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=20)
+    assert child.returncode == 130 and "Traceback" not in err
+    assert time.monotonic() - sent < 3
