@@ -28,8 +28,20 @@ from rkllm.stream import Perf, Result, Stream, Tensor
 __version__ = "0.1.0"
 
 __all__ = [
-    "LLM", "Stream", "Result", "Perf", "Tensor", "load_runtime",
-    "RKLLMError", "RuntimeNotFoundError", "UnsupportedRuntimeError", "ModelLoadError",
-    "GenerationError", "ClosedError", "BusyError", "ParamError", "ModelNotFoundError",
+    "LLM",
+    "BusyError",
+    "ClosedError",
+    "GenerationError",
     "IntegrityError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ParamError",
+    "Perf",
+    "RKLLMError",
+    "Result",
+    "RuntimeNotFoundError",
+    "Stream",
+    "Tensor",
+    "UnsupportedRuntimeError",
+    "load_runtime",
 ]

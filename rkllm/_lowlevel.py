@@ -11,7 +11,8 @@ from __future__ import annotations
 import array
 import os
 import threading
-from typing import Any, Mapping, NoReturn, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
 
 from rkllm._native import ffi, lib
 from rkllm.errors import (

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rkllm import _lowlevel as ll
 from rkllm import params as P
 from rkllm.errors import ClosedError, ModelLoadError, ParamError, RuntimeNotFoundError
 from rkllm.stream import Result, Stream, Tensor, _Run
+
 
 def _is_sim(spec: object) -> bool:
     return isinstance(spec, str) and (spec == "sim" or spec.startswith("sim:"))
@@ -49,9 +51,9 @@ def load_runtime(runtime: str | os.PathLike[str] | None = None, *,
         spec, source = os.environ["RKLLM_LIBRARY"], "RKLLM_LIBRARY"
     if _is_sim(spec):
         assert isinstance(spec, str)
-        wanted = spec[4:] or abi
-        if not wanted:
-            from rkllm.sim import DEFAULT_FAMILY as wanted
+        from rkllm.sim import DEFAULT_FAMILY
+
+        wanted = spec[4:] or abi or DEFAULT_FAMILY
         rt = ll.open_runtime(_sim_library(wanted, source + spec),
                              path_source=f"simulated runtime {wanted}", abi=abi)
     elif spec is None:

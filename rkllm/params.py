@@ -10,9 +10,11 @@ introduced it) raises :class:`~rkllm.errors.ParamError`. Defaults are the runtim
 from __future__ import annotations
 
 import difflib
+import math
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from rkllm.errors import ParamError
 
@@ -169,7 +171,7 @@ def check_value(spec: Spec, value: Any, *, cores: int | None = None, where: str 
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamError(f"{label} must be a number, got {_type_name(value)} {value!r}")
         value = float(value)
-        if value != value:
+        if math.isnan(value):
             raise ParamError(f"{label} must be a number, got NaN")
     assert spec.lo is not None and spec.hi is not None
     if not spec.lo <= value <= spec.hi:

@@ -10,8 +10,9 @@ and the model is ready for the next run.
 from __future__ import annotations
 
 import array
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from rkllm import _lowlevel as ll
 from rkllm.errors import ClosedError, GenerationError
@@ -67,7 +68,7 @@ class Tensor:
         i %= self.rows
         return memoryview(self.data)[i * self.cols:(i + 1) * self.cols]
 
-    def view(self) -> memoryview:
+    def view(self) -> memoryview[float]:
         """A 2-D memoryview (``view()[i, j]``; ``numpy.asarray`` accepts it)."""
         return memoryview(self.data).cast("B").cast("f", [self.rows, self.cols])
 
