@@ -61,19 +61,29 @@ FAMILY_CHECKS["1.3.0"] = FAMILY_CHECKS["1.2.1"] | {
     "tokenizer_callback_failure", "multimodal_video"}
 
 
-def compile_sim(family: str, out: Path) -> Path:
+# cross targets: compiler, qemu user emulator, sysroot for the emulator
+CROSS = {
+    "aarch64": ("aarch64-linux-gnu-gcc", "qemu-aarch64-static", "/usr/aarch64-linux-gnu"),
+    "armhf": ("arm-linux-gnueabihf-gcc", "qemu-arm-static", "/usr/arm-linux-gnueabihf"),
+}
+
+
+def compile_sim(family: str, out: Path, cc: str | None = CC) -> Path:
+    """The simulated runtime with setup.py's flags (plus -Wall -Werror)."""
+    assert cc
     lib = out / f"librkllmrt-sim-{family}.so"
     sources = sorted(str(p) for p in (ROOT / "csrc" / "sim").glob("*.c"))
-    subprocess.run([CC, "-shared", "-fPIC", "-O2", "-std=gnu11", "-fvisibility=hidden", "-pthread",
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-std=gnu11", "-fvisibility=hidden", "-pthread",
                     "-Wall", "-Werror", f'-DRKLLM_SIM_FAMILY="{family}"',
                     f"-I{ROOT / 'include' / family}", f"-I{ROOT / 'csrc' / 'sim'}", *sources,
                     "-o", str(lib), "-lm"], check=True, capture_output=True, text=True)
     return lib
 
 
-def compile_client(source: str, family: str, lib: Path, out: Path) -> Path:
+def compile_client(source: str, family: str, lib: Path, out: Path, cc: str | None = CC) -> Path:
+    assert cc
     exe = out / f"{Path(source).stem}-{family}"
-    subprocess.run([CC, "-std=gnu11", "-O1", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
+    subprocess.run([cc, "-std=gnu11", "-O1", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
                     f"-I{ROOT / 'include' / family}", str(ROOT / "tests" / "c" / source),
                     "-o", str(exe), str(lib), f"-Wl,-rpath,{lib.parent}", "-lpthread", "-ldl", "-lm"],
                    check=True, capture_output=True, text=True)
@@ -118,16 +128,13 @@ def sim_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_c_client_exercises_every_function(family: str, sims: dict[str, Path], model_files: Path,
-                                           tmp_path: Path) -> None:
-    exe = compile_client("sim_client.c", family, sims[family], tmp_path)
-    work = tmp_path / "files"
+def run_client(cmd: list[str], family: str, lib: Path, model_files: Path, work: Path) -> str:
+    """Runs sim_client; asserts every check passed and all expected ones ran; returns the
+    sample text it printed."""
     shutil.copytree(model_files, work)
     shutil.copy(work / f"newer-than-{family}.rkllm", work / "newer.rkllm")
-    proc = subprocess.run([str(exe)], env=sim_env(SIM_MODEL=str(DEMO), SIM_DIR=str(work),
-                                                  SIM_LIB=str(sims[family])),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=sim_env(SIM_MODEL=str(DEMO), SIM_DIR=str(work), SIM_LIB=str(lib)),
+                          capture_output=True, text=True, timeout=600)
     lines = proc.stdout.splitlines()
     failed = [line for line in lines if line.startswith("FAIL")]
     passed = {line.split()[1] for line in lines if line.startswith("ok ")}
@@ -135,6 +142,31 @@ def test_c_client_exercises_every_function(family: str, sims: dict[str, Path], m
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     missing = (COMMON_CHECKS | FAMILY_CHECKS[family]) - passed
     assert not missing, f"checks not reported: {sorted(missing)}"
+    return next(line for line in lines if line.startswith("# sample: "))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_c_client_exercises_every_function(family: str, sims: dict[str, Path], model_files: Path,
+                                           tmp_path: Path) -> None:
+    exe = compile_client("sim_client.c", family, sims[family], tmp_path)
+    run_client([str(exe)], family, sims[family], model_files, tmp_path / "files")
+
+
+@pytest.mark.parametrize("arch", list(CROSS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_c_client_on_other_architectures(family: str, arch: str, sims: dict[str, Path], model_files: Path,
+                                         tmp_path: Path) -> None:
+    """Same sources, same flags, built with the cross compiler and run under qemu-user; the
+    text is the same as on this host."""
+    cc, qemu, sysroot = CROSS[arch]
+    if not shutil.which(cc) or not shutil.which(qemu) or not Path(sysroot).is_dir():
+        pytest.skip(f"{cc} or {qemu} (or {sysroot}) missing; {arch} not checked")
+    native = run_client([str(compile_client("sim_client.c", family, sims[family], tmp_path))], family,
+                        sims[family], model_files, tmp_path / "native")
+    lib = compile_sim(family, tmp_path, cc)
+    exe = compile_client("sim_client.c", family, lib, tmp_path, cc)
+    cross = run_client([qemu, "-L", sysroot, str(exe)], family, lib, model_files, tmp_path / "cross")
+    assert cross == native
 
 
 @pytest.mark.parametrize("family", FAMILIES)
