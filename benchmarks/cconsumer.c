@@ -26,7 +26,7 @@
 typedef struct {
     int64_t run_ns;    /* from the run call to the consumer holding the last text */
     int64_t first_ns;  /* from the run call to the consumer holding the first text */
-    int64_t tokens;    /* RKLLM_RUN_NORMAL callbacks */
+    int64_t tokens;    /* callbacks that carried a token (NORMAL, or WAITING: part of a character) */
     int64_t bytes;     /* text bytes received */
     int64_t cpu_ns;    /* process CPU time over the run */
     int64_t wakeups;   /* consumer wake-ups (threaded mode) */
@@ -90,6 +90,10 @@ static int callback(RKLLMResult *result, void *userdata, LLMCallState state) {
         c->tokens++;
         pthread_cond_signal(&c->ready);
         pthread_mutex_unlock(&c->lock);
+    } else if (state == RKLLM_RUN_WAITING) {
+        if (c->threaded) pthread_mutex_lock(&c->lock);
+        c->tokens++;
+        if (c->threaded) pthread_mutex_unlock(&c->lock);
     } else if (state == RKLLM_RUN_FINISH || state == RKLLM_RUN_ERROR) {
         if (c->threaded) pthread_mutex_lock(&c->lock);
         c->finished = 1;
@@ -125,7 +129,8 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-CC_API void *cc_open(const char *lib_path, const char *model_path, int max_new_tokens, int max_context_len) {
+CC_API void *cc_open(const char *lib_path, const char *model_path, int max_new_tokens, int max_context_len,
+                     int top_k) {
     struct cc *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->lib = dlopen(lib_path, RTLD_NOW | RTLD_LOCAL);
@@ -143,6 +148,7 @@ CC_API void *cc_open(const char *lib_path, const char *model_path, int max_new_t
     p.model_path = model_path;
     p.max_new_tokens = max_new_tokens;
     p.max_context_len = max_context_len;
+    p.top_k = top_k;
     p.is_async = false;
     int rc = init(&c->handle, &p, callback);
     if (rc != 0) {

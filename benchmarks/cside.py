@@ -43,17 +43,17 @@ class CConsumer:
     """The pure-C consumer (see cconsumer.c): threaded=False is the floor, True adds a consumer thread."""
 
     def __init__(self, so_path: str, lib_path: str, model_path: str, max_new_tokens: int,
-                 max_context_len: int, threaded: bool = False) -> None:
+                 max_context_len: int, threaded: bool = False, top_k: int = 1) -> None:
         self.so = ctypes.CDLL(so_path)
         self.so.cc_open.restype = ctypes.c_void_p
-        self.so.cc_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+        self.so.cc_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self.so.cc_run.restype = ctypes.c_int
         self.so.cc_run.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
                                    ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
                                    ctypes.c_long, ctypes.POINTER(Stats)]
         self.so.cc_close.argtypes = [ctypes.c_void_p]
         self.threaded = threaded
-        self.h = self.so.cc_open(lib_path.encode(), model_path.encode(), max_new_tokens, max_context_len)
+        self.h = self.so.cc_open(lib_path.encode(), model_path.encode(), max_new_tokens, max_context_len, top_k)
         if not self.h:
             raise RuntimeError("the C consumer could not open the runtime (see stderr)")
 

@@ -147,6 +147,7 @@ class _CtypesRuntime:
         param.model_path = self._model
         param.max_new_tokens = max_new_tokens
         param.max_context_len = max_context_len
+        param.top_k = 1  # greedy, as in the vendor's examples
         param.is_async = False
         self.handle = ctypes.c_void_p()
         rc = self.lib.rkllm_init(ctypes.byref(self.handle), ctypes.byref(param), self._callback)

@@ -37,6 +37,9 @@ import peers  # noqa: E402
 FAMILY = "1.2.1"
 PROMPT = "Tell me about the river and the old stone bridge."
 CONTEXT = 4096  # what the vendor's own examples pass
+LONG_CONTEXT = 65536  # for the 100 kB prompts (section 6b), on a copy of the demo model
+TOP_K = 1  # greedy, as in the vendor's examples: the simulator's cheapest path, so the
+#            binding's own cost stands out (the C consumer and the ctypes peers use it too)
 
 
 @dataclass
@@ -55,8 +58,8 @@ class Plan:
     ttft_reps: int
 
 
-FULL = Plan(reps=5, full_tokens=200_000, stall_tokens=200_000, busy_tokens=5_000,
-            paced=[(100, 5_000), (33_000, 60)], paced_reps=3, mem_tokens=1_000_000,
+FULL = Plan(reps=7, full_tokens=200_000, stall_tokens=200_000, busy_tokens=5_000,
+            paced=[(100, 5_000), (33_000, 100)], paced_reps=5, mem_tokens=1_000_000,
             growth_tokens=[1_000, 10_000, 100_000, 1_000_000],
             growth_prompts=[10, 100, 1_000, 10_000, 100_000], growth_prompt_tokens=10_000,
             import_reps=7, ttft_reps=15)
@@ -113,7 +116,7 @@ class Design:
     label = ""
     group = "peer"  # "c", "rkllm" or "peer"
 
-    def open(self, env: Env, lib: str, max_new: int) -> None:
+    def open(self, env: Env, lib: str, max_new: int, context: int = CONTEXT) -> None:
         raise NotImplementedError
 
     def full(self, prompt: str) -> int:
@@ -129,8 +132,8 @@ class Design:
 class CSync(Design):
     key, label, group = "c", "pure C: callback copies into a buffer (the limit)", "c"
 
-    def open(self, env: Env, lib: str, max_new: int) -> None:
-        self.c = cside.CConsumer(env.consumer_so, lib, env.model, max_new, CONTEXT, threaded=False)
+    def open(self, env: Env, lib: str, max_new: int, context: int = CONTEXT) -> None:
+        self.c = cside.CConsumer(env.consumer_so, lib, env.model_for(context), max_new, context, threaded=False)
 
     def full(self, prompt: str) -> int:
         st, _ = self.c.run(prompt)
@@ -144,8 +147,8 @@ class CSync(Design):
 class CThreaded(Design):
     key, label, group = "c_thread", "pure C: callback -> mutex/condvar -> consumer thread", "c"
 
-    def open(self, env: Env, lib: str, max_new: int) -> None:
-        self.c = cside.CConsumer(env.consumer_so, lib, env.model, max_new, CONTEXT, threaded=True)
+    def open(self, env: Env, lib: str, max_new: int, context: int = CONTEXT) -> None:
+        self.c = cside.CConsumer(env.consumer_so, lib, env.model_for(context), max_new, context, threaded=True)
         self.max_new = max_new
 
     def full(self, prompt: str) -> int:
@@ -165,8 +168,8 @@ class CThreaded(Design):
 class RkllmGenerate(Design):
     key, label, group = "rkllm", "rkllm-cffi generate(): one str per token", "rkllm"
 
-    def open(self, env: Env, lib: str, max_new: int) -> None:
-        self.llm = env.open_llm(lib, max_new)
+    def open(self, env: Env, lib: str, max_new: int, context: int = CONTEXT) -> None:
+        self.llm = env.open_llm(lib, max_new, context)
         self.max_new = max_new
 
     def full(self, prompt: str) -> int:
@@ -201,8 +204,8 @@ class RkllmChunks(RkllmGenerate):
 class RkllmAsync(RkllmGenerate):
     key, label = "rkllm_async", "rkllm-cffi agenerate() (asyncio)"
 
-    def open(self, env: Env, lib: str, max_new: int) -> None:
-        super().open(env, lib, max_new)
+    def open(self, env: Env, lib: str, max_new: int, context: int = CONTEXT) -> None:
+        super().open(env, lib, max_new, context)
         self.loop = asyncio.new_event_loop()
 
     def full(self, prompt: str) -> int:
@@ -220,8 +223,8 @@ class RkllmAsync(RkllmGenerate):
 class _CtypesDesign(Design):
     pattern: type
 
-    def open(self, env: Env, lib: str, max_new: int) -> None:
-        self.p = self.pattern(lib, env.model, max_new, CONTEXT)
+    def open(self, env: Env, lib: str, max_new: int, context: int = CONTEXT) -> None:
+        self.p = self.pattern(lib, env.model_for(context), max_new, context)
 
     def full(self, prompt: str) -> int:
         n = 0
@@ -247,8 +250,8 @@ class CtypesQueue(_CtypesDesign):
 class CtypesAsyncio(Design):
     key, label = "asyncio_ctypes", "asyncio via ctypes call_soon_threadsafe"
 
-    def open(self, env: Env, lib: str, max_new: int) -> None:
-        self.p = peers.AsyncioCtypesPattern(lib, env.model, max_new, CONTEXT)
+    def open(self, env: Env, lib: str, max_new: int, context: int = CONTEXT) -> None:
+        self.p = peers.AsyncioCtypesPattern(lib, env.model_for(context), max_new, context)
         self.loop = asyncio.new_event_loop()
 
     def full(self, prompt: str) -> int:
@@ -276,15 +279,11 @@ def detect_rkllm() -> tuple[Any, list[str]]:
     llm_cls = getattr(rkllm, "LLM", None)
     if llm_cls is None:
         return None, ["rkllm.LLM does not exist yet"]
-    for name, call in (
-        ("generate_chunks", lambda llm, p, n: llm.generate_chunks(p, max_new_tokens=n)),
-        ("stream_chunks", lambda llm, p, n: llm.stream_chunks(p, max_new_tokens=n)),
-        ("chunks", lambda llm, p, n: llm.chunks(p, max_new_tokens=n)),
-    ):
-        if hasattr(llm_cls, name):
-            CHUNKED_FORM = call
-            notes.append(f"chunked form: LLM.{name}")
-            break
+    import inspect
+
+    if "chunked" in inspect.signature(llm_cls.generate).parameters:
+        CHUNKED_FORM = lambda llm, p, n: llm.generate(p, max_new_tokens=n, chunked=True)  # noqa: E731
+        notes.append("chunked form: LLM.generate(..., chunked=True)")
     else:
         notes.append("no chunked form found on rkllm.LLM")
     if not hasattr(llm_cls, "agenerate"):
@@ -304,10 +303,14 @@ class Env:
     consumer_so: str
     model: str
     rkllm: Any
-    sim_token_env: str = "RKLLM_SIM_TOKEN_US"
+    long_model: str | None = None  # a copy of the demo model with a context for 100 kB prompts
 
-    def open_llm(self, lib: str, max_new: int) -> Any:
-        return self.rkllm.LLM(self.model, runtime=lib, max_context_len=CONTEXT, max_new_tokens=max_new)
+    def model_for(self, context: int) -> str:
+        return self.model if context <= CONTEXT or not self.long_model else self.long_model
+
+    def open_llm(self, lib: str, max_new: int, context: int = CONTEXT) -> Any:
+        return self.rkllm.LLM(self.model_for(context), runtime=lib, max_context_len=context,
+                              max_new_tokens=max_new, top_k=TOP_K)
 
     def designs(self, sync_only: bool = False) -> list[type[Design]]:
         out: list[type[Design]] = [CSync, CThreaded]
@@ -329,6 +332,17 @@ def find_runtime(args: argparse.Namespace) -> tuple[str, str]:
     import rkllm.sim  # type: ignore[import-not-found]
 
     return args.lib or rkllm.sim.library_path(FAMILY), args.model or rkllm.sim.demo_model_path()
+
+
+def long_context_model(out_dir: str) -> str | None:
+    """The demo model again, allowing LONG_CONTEXT tokens (made with the simulator's model tool)."""
+    tool = os.path.join(os.path.dirname(HERE), "csrc", "sim", "make_model.py")
+    out = os.path.join(out_dir, "long-context.rkllm")
+    if not os.path.isfile(tool):
+        return None
+    subprocess.run([sys.executable, tool, "-o", out, "--max-context-len", str(LONG_CONTEXT)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
 
 
 def machine() -> dict[str, Any]:
@@ -370,11 +384,12 @@ def rotate(seq: list[Any], k: int) -> list[Any]:
 def fmt_ns(ns: float) -> str:
     if ns != ns:
         return "-"
-    if ns >= 1e6:
+    a = abs(ns)
+    if a >= 1e6:
         return f"{ns / 1e6:,.2f} ms"
-    if ns >= 1e4:
+    if a >= 1e4:
         return f"{ns / 1e3:,.1f} µs"
-    if ns >= 1e3:
+    if a >= 1e3:
         return f"{ns / 1e3:,.2f} µs"
     return f"{ns:,.0f} ns"
 
@@ -403,9 +418,10 @@ def set_pace(us: int) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def reference_tokens(env: Env, lib: str, max_new: int, prompt: str = PROMPT) -> tuple[int, int]:
+def reference_tokens(env: Env, lib: str, max_new: int, prompt: str = PROMPT,
+                     context: int = CONTEXT) -> tuple[int, int]:
     """(tokens, text bytes) the runtime produces for this run, counted by the C consumer."""
-    c = cside.CConsumer(env.consumer_so, lib, env.model, max_new, CONTEXT)
+    c = cside.CConsumer(env.consumer_so, lib, env.model_for(context), max_new, context)
     try:
         st, _ = c.run(prompt)
         return int(st.tokens), int(st.bytes)
@@ -434,18 +450,22 @@ def section_full(env: Env, plan: Plan) -> dict[str, Any]:
     for d in designs:
         d.close()
     c_med = statistics.median(times["c"])
+    c_cpu = statistics.median(cpu["c"])
     rows, out = [], {"tokens": tokens, "bytes": nbytes, "reps": plan.reps, "designs": {}}
     for d in designs:
         s = summary(times[d.key])
         res = {"label": d.label, "group": d.group, "ns_per_token": s,
                "tokens_per_s": 1e9 / s["median"], "x_c_median": s["median"] / c_med,
-               "x_c_min": s["min"] / min(times["c"]),
-               "cpu_ns_per_token": statistics.median(cpu[d.key]), "chars": chars[d.key]}
+               "x_c_min": s["min"] / min(times["c"]), "added_ns_per_token": s["median"] - c_med,
+               "cpu_ns_per_token": statistics.median(cpu[d.key]),
+               "added_cpu_ns_per_token": statistics.median(cpu[d.key]) - c_cpu, "chars": chars[d.key]}
         out["designs"][d.key] = res
         rows.append([d.label, fmt_ns(s["min"]), fmt_ns(s["median"]), f"{res['tokens_per_s']:,.0f}",
-                     f"{res['x_c_median']:,.1f}", fmt_ns(res["cpu_ns_per_token"])])
+                     f"{res['x_c_median']:,.2f}", fmt_ns(res["added_ns_per_token"]),
+                     fmt_ns(res["cpu_ns_per_token"]), fmt_ns(res["added_cpu_ns_per_token"])])
     table(f"1. per-token overhead at full rate ({tokens:,} tokens, {plan.reps} interleaved reps)",
-          ["design", "min/token", "median/token", "tokens/s", "x C", "CPU/token"], rows)
+          ["design", "min/token", "median/token", "tokens/s", "x C", "added", "CPU/token", "added CPU"],
+          rows)
     ref = {k: v for k, v in chars.items() if k not in ("c", "c_thread")}
     if len(set(ref.values())) > 1:
         print(f"   note: the Python designs received different amounts of text: {ref}")
@@ -727,11 +747,11 @@ def section_growth(env: Env, plan: Plan) -> dict[str, Any]:
         prompt = ("the river runs under the old bridge. " * (size // 37 + 1))[:size]
         n = plan.growth_prompt_tokens
         designs = [k() for k in kinds]
-        for d in designs:
-            d.open(env, env.lib, n)
         per = {d.key: [] for d in designs}
         try:
-            tokens, _ = reference_tokens(env, env.lib, n, prompt)
+            for d in designs:
+                d.open(env, env.lib, n, LONG_CONTEXT)
+            tokens, _ = reference_tokens(env, env.lib, n, prompt, LONG_CONTEXT)
             for rep in range(max(2, plan.reps - 2)):
                 for d in rotate(designs, rep):
                     gc.collect()
@@ -744,11 +764,12 @@ def section_growth(env: Env, plan: Plan) -> dict[str, Any]:
             continue
         finally:
             for d in designs:
-                d.close()
+                if hasattr(d, "c") or hasattr(d, "llm"):
+                    d.close()
         res["prompts"][str(size)] = {k: summary(v) for k, v in per.items()}
         rows.append([f"{size:,} B prompt"] + [fmt_ns(statistics.median(per[d.key])) for d in designs])
     table(f"6b. per-token cost (median, prefill included) by prompt size ({plan.growth_prompt_tokens:,} "
-          f"tokens)", ["prompt"] + [k.key for k in kinds], rows)
+          f"tokens, max_context_len {LONG_CONTEXT:,})", ["prompt"] + [k.key for k in kinds], rows)
     return res
 
 
@@ -781,6 +802,9 @@ def judge(r: dict[str, Any]) -> list[Target]:
             out.append(Target("vs vendor ctypes pattern", ">= 100x faster", f"{v:,.0f}x ({best})", v >= 100))
             v1 = full["vendor"]["ns_per_token"]["median"] / per
             out.append(Target("vs vendor ctypes pattern, generate()", ">= 100x faster", f"{v1:,.0f}x", v1 >= 100))
+            va, ra = full["vendor"]["added_ns_per_token"], full[best]["added_ns_per_token"]
+            out.append(Target("vs vendor, cost added over C", "(informative)",
+                              f"{va / ra:,.0f}x ({fmt_ns(va)} vs {fmt_ns(ra)})" if ra > 0 else "-", None))
     for when in ("alone", "busy"):
         s = r.get("stall", {}).get(when, {}).get("rkllm")
         if s:
@@ -830,7 +854,10 @@ def main(argv: list[str] | None = None) -> int:
     consumer_so, tap_so = cside.build()
     set_pace(0)
     os.environ.pop("RKLLM_SIM_PREFILL_US", None)
-    env = Env(lib=lib, tap=cside.Tap(tap_so, lib), consumer_so=consumer_so, model=model, rkllm=rk)
+    os.environ["RKLLM_SIM_IGNORE_EOS"] = "1"  # runs last exactly max_new_tokens tokens
+    os.environ["RKLLM_SIM_QUIET"] = "1"
+    env = Env(lib=lib, tap=cside.Tap(tap_so, lib), consumer_so=consumer_so, model=model, rkllm=rk,
+              long_model=long_context_model(os.path.dirname(consumer_so)))
     info = machine()
     print(f"rkllm-cffi benchmarks ({'quick' if args.quick else 'full'}) on {info.get('cpu')}, "
           f"{info['cores']} cores, Python {info['python']}")

@@ -21,6 +21,10 @@
 #define TAP_API __attribute__((visibility("default")))
 #define MAX_HANDLES 64
 
+/* Release marker read by rkllm-cffi's loader (it scans the file), so the tap is taken for the
+ * 1.2.1-family release the simulator plays, without forcing RKLLM_ABI. */
+__attribute__((used)) static const char release_marker[] = "RKLLM SDK (version: 1.2.3)";
+
 static void *target;
 static pthread_once_t target_once = PTHREAD_ONCE_INIT;
 
@@ -184,6 +188,12 @@ TAP_API int rkllm_run_async(LLMHandle handle, RKLLMInput *input, RKLLMInferParam
     run_ctx[slot].callback = cb;  /* one run at a time per handle */
     run_ctx[slot].userdata = userdata;
     return f(handle, input, infer, &run_ctx[slot]);
+}
+
+/* The simulator's self-description, passed through so the tap is seen as the simulator. */
+TAP_API const char *rkllm_sim_info(void) {
+    const char *(*f)(void) = (const char *(*)(void))sym("rkllm_sim_info");
+    return f ? f() : "rkllm bench tap";
 }
 
 FWD(int, rkllm_load_lora, (LLMHandle h, RKLLMLoraAdapter *a), (h, a))
