@@ -76,6 +76,7 @@ class LLM:
                  runtime: str | os.PathLike[str] | None = None, abi: str | None = None,
                  params: Mapping[str, Any] | None = None, **kwparams: Any) -> None:
         self._model: ll.Model | None = None
+        self._loras: list[str] = []
         given = dict(params or {})
         for name, value in kwparams.items():
             if name in given:
@@ -175,6 +176,9 @@ class LLM:
                 raise ParamError("enable_thinking must be a bool")
             kw["enable_thinking"] = enable_thinking
         if lora is not None:
+            if lora not in self._loras:
+                raise ParamError(f"no LoRA adapter named {lora!r} is loaded (loaded: "
+                                 f"{', '.join(self._loras) or 'none'}); use load_lora first")
             kw["lora_adapter_name"] = lora
         if save_prompt_cache is not None:
             kw["save_prompt_cache_path"] = os.fspath(save_prompt_cache)
@@ -290,6 +294,7 @@ class LLM:
             raise ModelLoadError(f"no such LoRA adapter file: {path}")
         name = name or os.path.splitext(os.path.basename(path))[0]
         self._live().load_lora(path, name, float(scale))
+        self._loras.append(name)
         return name
 
     def load_prompt_cache(self, path: str | os.PathLike[str]) -> None:

@@ -186,6 +186,19 @@ def test_prompt_cache_round_trip(llm: rkllm.LLM, tmp_path: Path) -> None:
         llm.load_prompt_cache(tmp_path / "missing.cache")
 
 
+def test_lora_adapter(llm: rkllm.LLM, tmp_path: Path) -> None:
+    from conftest import ROOT
+
+    adapter = tmp_path / "sea.rkllm"
+    subprocess.run([sys.executable, str(ROOT / "csrc" / "sim" / "make_model.py"), "--lora",
+                    "--boost", "sea", "-o", str(adapter)], check=True, capture_output=True)
+    with pytest.raises(ParamError, match="no LoRA adapter named 'sea'"):
+        llm.generate(PROMPT, lora="sea")
+    assert llm.load_lora(adapter) == "sea"
+    plain = llm.complete(PROMPT, max_new_tokens=30).text
+    assert llm.complete(PROMPT, max_new_tokens=30, lora="sea").text != plain
+
+
 def test_second_generation_from_another_thread_is_busy(llm: rkllm.LLM,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     _slow(monkeypatch)
