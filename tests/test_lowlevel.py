@@ -205,3 +205,18 @@ def test_generation_end_to_end(sim_lib: str, demo_model: str, quiet_sim: None) -
     assert "".join(pieces)
     assert m.end() is None  # already ended
     m.close()
+
+
+def test_init_success_without_a_handle_is_an_error(cc: str, tmp_path: Path,
+                                                   demo_model: str) -> None:
+    import subprocess
+
+    from conftest import ROOT
+
+    lib = tmp_path / "libnullhandle.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-I", str(ROOT / "include" / "1.2.0"), "-o",
+                    str(lib), str(ROOT / "tests" / "c" / "fake_null_handle.c")], check=True)
+    rt = ll.open_runtime(str(lib))
+    assert rt.family == "1.2.0" and not rt.is_simulator
+    with pytest.raises(ModelLoadError, match="returned 0 but no model handle"):
+        ll.Model(rt, demo_model, rt.default_params())
