@@ -58,18 +58,32 @@ def _elf_header(machine: int, elf_class: int = 2, elf_type: int = 3) -> bytes:
     return ident + struct.pack("<HHI", elf_type, machine, 1) + bytes(64 - 24)
 
 
-@pytest.mark.parametrize("machine,name", [(183, "aarch64"), (40, "armv7")])
-def test_wrong_architecture(tmp_path: Path, machine: int, name: str) -> None:
+def _host_elf() -> tuple[int, int]:
+    """(EI_CLASS, e_machine) of this machine: the compiled shim is built for it. The tests
+    also run on aarch64 and armhf (wheel tests under qemu-user, ARM CI runners)."""
+    import rkllm._native as native_module
+
+    head = Path(native_module.__file__).read_bytes()[:20]
+    return head[4], struct.unpack_from("<H", head, 18)[0]
+
+
+HOST_CLASS, HOST_MACHINE = _host_elf()
+HOST_ARCH = {62: "x86_64", 183: "aarch64", 40: "armhf"}.get(HOST_MACHINE, "unknown")
+ARCHES = [(62, 2, "x86_64"), (183, 2, "aarch64"), (40, 1, "armv7")]
+
+
+@pytest.mark.parametrize("machine,elf_class,name", [a for a in ARCHES if a[0] != HOST_MACHINE])
+def test_wrong_architecture(tmp_path: Path, machine: int, elf_class: int, name: str) -> None:
     path = tmp_path / "librkllmrt.so"
-    path.write_bytes(_elf_header(machine, 2 if machine == 183 else 1) + bytes(1024))
+    path.write_bytes(_elf_header(machine, elf_class) + bytes(1024))
     with pytest.raises(RuntimeNotFoundError) as err:
         ll.open_runtime(str(path))
-    assert f"built for {name}" in str(err.value) and "this is x86_64" in str(err.value)
+    assert f"built for {name}" in str(err.value) and f"this is {HOST_ARCH}" in str(err.value)
 
 
 def test_elf_executable_is_not_a_library(tmp_path: Path) -> None:
     path = tmp_path / "librkllmrt.so"
-    path.write_bytes(_elf_header(62, elf_type=2) + bytes(1024))
+    path.write_bytes(_elf_header(HOST_MACHINE, HOST_CLASS, elf_type=2) + bytes(1024))
     with pytest.raises(RuntimeNotFoundError, match="not a shared library"):
         ll.open_runtime(str(path))
 
@@ -85,10 +99,13 @@ def test_search_names_every_place(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RKLLM_LIBRARY", raising=False)
     if any(os.path.exists(p) for p in ("/usr/lib/librkllmrt.so", "/usr/local/lib/librkllmrt.so")):
         pytest.skip("a runtime is installed on this machine")
+    bundled = f"libs/{HOST_ARCH}/librkllmrt.so"
+    if os.path.exists(os.path.join(ll.PACKAGE_DIR, bundled)):
+        pytest.skip("this wheel bundles a runtime")
     with pytest.raises(RuntimeNotFoundError) as err:
         ll.open_runtime(None)
     text = str(err.value)
-    for place in ("libs/x86_64/librkllmrt.so", "dynamic loader", "/usr/lib/librkllmrt.so",
+    for place in (bundled, "dynamic loader", "/usr/lib/librkllmrt.so",
                   "/usr/local/lib/librkllmrt.so"):
         assert place in text
 
