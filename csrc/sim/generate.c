@@ -376,6 +376,15 @@ static int save_cache(sim_handle *h, const char *path)
     return fclose(f) == 0 && ok ? 0 : -1;
 }
 
+/* A failed run leaves the kv cache as it was before its turn (or empty without history). */
+static int drop_turn(sim_handle *h, const sim_job *job, long turn_start, int rc)
+{
+    h->ctx_len = job->keep_history ? turn_start : 0;
+    if (!h->ctx_len)
+        h->sys_len = 0;
+    return rc;
+}
+
 /* ---- the run ---- */
 
 int sim_execute(sim_handle *h, sim_job *job)
@@ -485,13 +494,14 @@ int sim_execute(sim_handle *h, sim_job *job)
             job->extra_hash ^= sim_crc32(0, emb, len);
         free(emb);
         if (rc != 0)
-            return fail(&e, "the embedding callback returned %d", rc);
+            return drop_turn(h, job, turn_start, fail(&e, "the embedding callback returned %d", rc));
     }
 #endif
     for (long i = reused; i < n && prefill_us > 0 && !h->abort_flag; i++)
         pace(prefill_us, &deadline);
     if (job->cache_path && save_cache(h, job->cache_path) != 0)
-        return fail(&e, "cannot write the prompt cache file '%s'", job->cache_path);
+        return drop_turn(h, job, turn_start,
+                         fail(&e, "cannot write the prompt cache file '%s'", job->cache_path));
     double t1 = now_ms();
     long generated = 0;
     int paused = 0;
@@ -505,7 +515,7 @@ int sim_execute(sim_handle *h, sim_job *job)
         size_t rows = (size_t)n, dim = (size_t)m->embed_size;
         float *hs = malloc(rows * dim * sizeof *hs);
         if (!hs)
-            return fail(&e, "out of memory");
+            return drop_turn(h, job, turn_start, fail(&e, "out of memory"));
         for (size_t i = 0; i < rows; i++) {
             uint32_t rs = mix32(seed ^ mix32((uint32_t)buf[i] + 0x51u * (uint32_t)i));
             for (size_t d = 0; d < dim; d++)
@@ -528,7 +538,7 @@ int sim_execute(sim_handle *h, sim_job *job)
         int V = m->vocab_size, last = buf[n - 1], w = m->tok_word[last];
         float *lg = malloc((size_t)V * sizeof *lg);
         if (!lg)
-            return fail(&e, "out of memory");
+            return drop_turn(h, job, turn_start, fail(&e, "out of memory"));
         for (int t = 0; t < V; t++)
             lg[t] = -8.0f + unit(mix32(seed ^ (uint32_t)t));
         if (w < 0)
@@ -659,7 +669,7 @@ int sim_execute(sim_handle *h, sim_job *job)
                 int rc = h->embed_callback(h->embed_userdata, &one, 1, h->embed_buf,
                                            (uint64_t)m->embed_size * sizeof(float));
                 if (rc != 0)
-                    return fail(&e, "the embedding callback returned %d", rc);
+                    return drop_turn(h, job, turn_start, fail(&e, "the embedding callback returned %d", rc));
             }
 #endif
             pace(token_us, &deadline);
