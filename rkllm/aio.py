@@ -1,0 +1,178 @@
+"""Async generation: the shim's eventfd in the event loop, no thread per token.
+
+    import rkllm, rkllm.aio
+
+    async def main() -> None:
+        with rkllm.LLM("model.rkllm") as llm:
+            async for piece in rkllm.aio.agenerate(llm, "Why is the sky blue?"):
+                print(piece, end="", flush=True)
+            result = await rkllm.aio.acomplete(llm, "Hi")
+
+The runtime's thread only copies tokens into the shim's queue and signals an eventfd; the
+loop watches that fd (``loop.add_reader``) and pulls whole batches without blocking. Several
+models can stream concurrently in one loop. Cancelling the task, leaving the ``async for``
+(``break``), ``aclose()`` or ``async with`` all abort the run and leave the model usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from rkllm import _lowlevel as ll
+from rkllm.llm import LLM
+from rkllm.stream import INTERRUPT_WAIT_MS, Perf, Result, Stream
+
+__all__ = ["AsyncStream", "acomplete", "agenerate"]
+
+
+def _end_quickly(stream: Stream) -> None:
+    """Aborts the run, waiting at most INTERRUPT_WAIT_MS: the event loop must not stall on
+    a runtime that is slow to stop (the model's next call waits for it instead)."""
+    run = stream._run
+    stream.abort()
+    run.end(INTERRUPT_WAIT_MS)
+
+
+class AsyncStream:
+    """The pieces of one generation as an async iterator of ``str`` (see :func:`agenerate`).
+
+    After the loop: :attr:`finish_reason`, :attr:`perf`, :attr:`n_tokens`, like
+    :class:`rkllm.Stream`. Iterate it once, in one event loop.
+    """
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self._fd = stream.fileno()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._armed = False  # our reader is registered on the fd
+        self._waiter: asyncio.Future[None] | None = None
+        self._pending: deque[str] = deque()
+        self._ended = False
+
+    # ---- the eventfd ----------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            # nobody is waiting (the consumer is busy elsewhere): stop watching, or a
+            # level-triggered fd would spin the loop until the next read
+            self._disarm()
+        elif not waiter.done():
+            waiter.set_result(None)
+
+    def _disarm(self) -> None:
+        if self._armed and self._loop is not None:
+            self._armed = False
+            self._loop.remove_reader(self._fd)
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("this AsyncStream belongs to another event loop")
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        if not self._armed:
+            loop.add_reader(self._fd, self._on_readable)
+            self._armed = True
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    # ---- iteration ------------------------------------------------------------------------
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> str:
+        pending = self._pending
+        while not pending:
+            if self._ended:
+                raise StopAsyncIteration
+            try:
+                got = self._stream.read_nowait()
+                if got is None:
+                    self._finish()
+                    raise StopAsyncIteration
+                if got:
+                    pending.extend(got)
+                else:
+                    await self._readable()
+            except StopAsyncIteration:
+                raise
+            except BaseException:  # cancelled, Ctrl-C, a runtime error: end the run now
+                self._cancel()
+                raise
+        return pending.popleft()
+
+    def _finish(self) -> None:
+        self._ended = True
+        self._disarm()
+
+    def _cancel(self) -> None:
+        if self._ended:
+            return
+        self._finish()
+        _end_quickly(self._stream)
+
+    async def aclose(self) -> None:
+        """Stops the run (if still going); the model is ready for the next one."""
+        self._cancel()
+
+    def abort(self) -> None:
+        """Asks the runtime to stop; the loop then ends with finish_reason "abort"."""
+        self._stream.abort()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cancel()
+
+    def __del__(self) -> None:
+        # ``break`` out of ``async for`` drops the iterator: end the run here
+        try:
+            self._cancel()
+        except Exception:
+            pass
+
+    # ---- how it ended ---------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._ended
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._stream.finish_reason
+
+    @property
+    def perf(self) -> Perf | None:
+        return self._stream.perf
+
+    @property
+    def n_tokens(self) -> int:
+        return self._stream.n_tokens
+
+
+def agenerate(llm: LLM, prompt: str | None = None, *, chunked: bool = False,
+              **options: Any) -> AsyncStream:
+    """Starts a run on ``llm`` and returns its pieces as an :class:`AsyncStream`. Takes the
+    same input and options as :meth:`rkllm.LLM.generate` (and raises the same errors, at
+    once: BusyError if the model is already generating)."""
+    return AsyncStream(llm.generate(prompt, chunked=chunked, **options))
+
+
+async def acomplete(llm: LLM, prompt: str | None = None, **options: Any) -> Result:
+    """Runs to the end without blocking the loop; returns what :meth:`rkllm.LLM.complete`
+    returns (text, finish reason, token ids, perf)."""
+    stream = llm._start(prompt, mode=ll.MODE_GENERATE, chunked=True, collect=True, **options)
+    astream = AsyncStream(stream)
+    async for _ in astream:
+        pass
+    run = stream._run
+    perf = stream.perf
+    assert perf is not None and stream.finish_reason is not None
+    return Result("".join(run.parts), stream.finish_reason, [i for i in run.ids if i >= 0],
+                  perf)
