@@ -15,8 +15,6 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from fakehub import FakeHub, sim_model_bytes  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture
 def hub() -> Iterator[FakeHub]:
@@ -33,7 +31,7 @@ def hub() -> Iterator[FakeHub]:
 def rkllm(hub: FakeHub, home: Path, *args: str,
           **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    full_env.update(PYTHONPATH=str(REPO_ROOT), HF_HOME=str(home), HF_ENDPOINT=hub.url,
+    full_env.update(HF_HOME=str(home), HF_ENDPOINT=hub.url,
                     HF_HUB_DISABLE_TELEMETRY="1", NO_COLOR="1", **env)
     return subprocess.run([sys.executable, "-m", "rkllm.cli", *args], capture_output=True,
                           text=True, env=full_env, timeout=120, stdin=subprocess.DEVNULL)
@@ -43,7 +41,7 @@ def test_help_everywhere() -> None:
     for verb in ("pull", "list", "info", "rm", "clean"):
         proc = subprocess.run([sys.executable, "-m", "rkllm.cli", verb, "--help"],
                               capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+                              env=dict(os.environ))
         assert proc.returncode == 0 and "usage: rkllm " + verb in proc.stdout
 
 

@@ -18,7 +18,6 @@ from fakehub import sim_model_bytes  # noqa: E402
 from rkllm import doctor  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "doctor"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def fake_elf(machine: int, needed: list[str], rodata: bytes) -> bytes:
@@ -168,7 +167,7 @@ def test_missing_runtime_on_a_board(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), NO_COLOR="1", **(env or {}))
+    full_env = dict(os.environ, NO_COLOR="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "rkllm.cli", *args], capture_output=True,
                           text=True, env=full_env, timeout=120)
 
