@@ -415,6 +415,12 @@ class ChatSession:
     def template(self) -> ChatTemplate | None:
         return self._template
 
+    @property
+    def uses_kv_cache(self) -> bool:
+        """True where the runtime keeps the conversation (1.2.0+), False where every turn
+        renders it whole (1.1.x)."""
+        return self._keep
+
     def reset(self) -> None:
         """Forgets the conversation (the system prompt stays) and empties the kv cache."""
         self._finish_reply()
