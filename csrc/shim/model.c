@@ -41,6 +41,7 @@ struct rkshim_model {
     int closing, closed;
     int op_active;             /* a short runtime call (clear_kv_cache, ...) is running */
     int session;               /* start() .. end() */
+    unsigned long gen;         /* which session: bumped by every start() */
     int orphaned;              /* end() gave up waiting: the next start/op/close finishes it */
     int in_run;                /* the runner is inside rkllm_run */
     int run_done;              /* the runner has returned */
@@ -372,37 +373,42 @@ static void send_abort(rkshim_model *m) {
     }
 }
 
-/* Called with the lock held: asks the runtime to stop and waits (up to timeout_ms, < 0 no
- * limit) for the runner to return, then joins it. Returns OK or E_TIMEOUT. */
-static int stop_and_join(rkshim_model *m, int timeout_ms) {
-    if (!m->runner_live) return RKSHIM_OK;
-    if (!m->run_done) {
-        m->stop_wanted = 1;
-        if (!m->limit_hit) m->cancelled = 1;
-        pthread_cond_broadcast(&m->state_cond); /* a producer waiting for room gives up */
-    }
+/* Called with the lock held: asks the runtime to stop the run of session gen and waits (up
+ * to timeout_ms, < 0 no limit) for the runner to return, then joins it (exactly one thread
+ * joins; every wait re-checks the state, which may have moved on meanwhile). Returns OK
+ * (also when that session is already over) or E_TIMEOUT. */
+static int stop_and_join(rkshim_model *m, unsigned long gen, int timeout_ms) {
     double give_up = timeout_ms < 0 ? 0 : now_ms() + timeout_ms;
-    while (!m->run_done) {
-        send_abort(m); /* repeated: an abort sent just before rkllm_run began is lost */
-        if (timeout_ms >= 0 && now_ms() >= give_up) return RKSHIM_E_TIMEOUT;
-        struct timespec ts;
-        deadline_after(&ts, ABORT_REPEAT_MS);
-        pthread_cond_timedwait(&m->state_cond, &m->lock, &ts);
-    }
-    /* a late abort must not hit the next run */
-    while (m->aborters) pthread_cond_wait(&m->state_cond, &m->lock);
-    if (m->join_claimed) { /* another thread joins; wait for it */
-        while (m->runner_live) pthread_cond_wait(&m->state_cond, &m->lock);
+    for (;;) {
+        if (!m->runner_live || m->gen != gen) return RKSHIM_OK;
+        if (!m->run_done) {
+            if (!m->stop_wanted) {
+                m->stop_wanted = 1;
+                if (!m->limit_hit) m->cancelled = 1;
+                pthread_cond_broadcast(&m->state_cond); /* a producer waiting for room */
+            }
+            send_abort(m); /* repeated: an abort sent just before rkllm_run began is lost */
+            if (m->gen != gen || m->run_done) continue;
+            if (timeout_ms >= 0 && now_ms() >= give_up) return RKSHIM_E_TIMEOUT;
+            struct timespec ts;
+            deadline_after(&ts, ABORT_REPEAT_MS);
+            pthread_cond_timedwait(&m->state_cond, &m->lock, &ts);
+            continue;
+        }
+        if (m->aborters || m->join_claimed) { /* a late abort must not hit the next run */
+            pthread_cond_wait(&m->state_cond, &m->lock);
+            continue;
+        }
+        m->join_claimed = 1;
+        pthread_t runner = m->runner;
+        pthread_mutex_unlock(&m->lock);
+        pthread_join(runner, NULL);
+        pthread_mutex_lock(&m->lock);
+        m->runner_live = 0;
+        m->join_claimed = 0;
+        pthread_cond_broadcast(&m->state_cond);
         return RKSHIM_OK;
     }
-    m->join_claimed = 1;
-    pthread_mutex_unlock(&m->lock);
-    pthread_join(m->runner, NULL);
-    pthread_mutex_lock(&m->lock);
-    m->runner_live = 0;
-    m->join_claimed = 0;
-    pthread_cond_broadcast(&m->state_cond);
-    return RKSHIM_OK;
 }
 
 /* ---- lifetime -------------------------------------------------------------------------- */
@@ -460,7 +466,7 @@ int rkshim_model_close(rkshim_model *m) {
     m->closing = 1;
     pthread_cond_broadcast(&m->data_cond);
     pthread_cond_broadcast(&m->state_cond);
-    int rc = stop_and_join(m, 60000);
+    int rc = stop_and_join(m, m->gen, 60000);
     if (rc != RKSHIM_OK) { /* destroying under a live run would crash: leak it instead */
         m->closed = 1;
         m->handle = NULL;
@@ -560,7 +566,9 @@ static rkshim_job *copy_job(const rkshim_run_args *a) {
 
 /* With the lock held: finishes a session whose consumer gave up waiting for it. */
 static void reap_orphan(rkshim_model *m) {
-    if (m->session && m->orphaned && stop_and_join(m, -1) == RKSHIM_OK && m->orphaned) {
+    unsigned long gen = m->gen;
+    if (m->session && m->orphaned && stop_and_join(m, gen, -1) == RKSHIM_OK &&
+        m->gen == gen && m->orphaned) {
         m->session = m->orphaned = 0;
         pthread_cond_broadcast(&m->state_cond);
     }
@@ -608,6 +616,7 @@ int rkshim_model_start(rkshim_model *m, const rkshim_run_args *args) {
                            strerror(err));
     }
     m->session = 1;
+    m->gen++;
     m->runner_live = 1;
     pthread_mutex_unlock(&m->lock);
     return RKSHIM_OK;
@@ -680,9 +689,12 @@ int rkshim_model_end(rkshim_model *m, int timeout_ms, rkshim_outcome *out) {
     rkshim_clear_error();
     pthread_mutex_lock(&m->lock);
     int rc = RKSHIM_OK;
+    unsigned long gen = m->gen;
     if (m->session) {
-        rc = stop_and_join(m, timeout_ms);
-        if (rc == RKSHIM_OK) {
+        rc = stop_and_join(m, gen, timeout_ms);
+        if (m->gen != gen || !m->session) {
+            rc = RKSHIM_OK; /* another thread ended this session meanwhile */
+        } else if (rc == RKSHIM_OK) {
             if (out) *out = m->outcome;
             m->session = m->orphaned = 0;
             pthread_cond_broadcast(&m->state_cond);
