@@ -302,3 +302,52 @@ def test_sigint_to_a_child_that_is_generating(family: str) -> None:
     out, _ = child.communicate(timeout=20)
     assert child.returncode == 130 and "interrupted length" in out
     assert time.monotonic() - sent < 5  # includes the second, short generation and exit
+
+
+STRESS = """
+import os, random, threading, time, rkllm, rkllm.sim
+from rkllm.errors import ClosedError
+end = time.time() + {seconds}
+def worker(seed):
+    r = random.Random(seed)
+    while time.time() < end:
+        llm = rkllm.LLM(rkllm.sim.demo_model_path(), runtime="sim:" + r.choice(
+            ["1.1.0", "1.2.0", "1.2.1", "1.3.0"]), max_context_len=4096)
+        def abort():
+            try:
+                llm.abort()
+            except ClosedError:
+                pass
+        timers = [threading.Timer(r.random() * 0.02, f) for f in (llm.close, abort)
+                  if r.random() < 0.5]
+        for t in timers:
+            t.start()
+        for _ in range(r.randint(1, 4)):
+            try:
+                for piece in llm.generate("Tell me about the sea.", chunked=r.random() < 0.5,
+                                          max_new_tokens=r.randint(1, 400)):
+                    if r.random() < 0.01:
+                        break
+            except ClosedError:
+                pass
+        for t in timers:
+            t.cancel()
+            t.join()
+        llm.close()
+threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("survived")
+"""
+
+
+def test_random_races_of_close_abort_and_generate() -> None:
+    """Four threads load, generate, break, abort and close at random: no crash, no hang
+    (in a child process, so a crash is reported as such)."""
+    env = dict(os.environ, RKLLM_SIM_QUIET="1", RKLLM_SIM_IGNORE_EOS="1",
+               RKLLM_SIM_TOKEN_US="50")
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", STRESS.format(seconds=4)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "survived" in r.stdout, r.stderr[-3000:]
