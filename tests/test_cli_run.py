@@ -78,3 +78,10 @@ def test_ctrl_c_exits_130_promptly() -> None:
     _, err = child.communicate(timeout=20)
     assert child.returncode == 130 and "Traceback" not in err
     assert time.monotonic() - sent < 3
+
+
+def test_special_tokens_hidden_unless_asked() -> None:
+    hidden = _run("demo", PROMPT, RKLLM_SIM_QUIET="1")
+    shown = _run("demo", PROMPT, "--show-special", RKLLM_SIM_QUIET="1")
+    assert hidden.returncode == shown.returncode == 0
+    assert "<|im_end|>" in shown.stdout and "<|im_end|>" not in hidden.stdout

@@ -41,6 +41,8 @@ def register(sub: Any) -> None:
     for flag, _, kind, text in SAMPLING_OPTIONS:
         p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--system", help="instructions placed before the prompt")
+    p.add_argument("--show-special", action="store_true",
+                   help="print special tokens such as <|im_end|> (hidden by default)")
     p.add_argument("--runtime", metavar="LIB",
                    help="librkllmrt.so to use, or 'sim' / 'sim:RELEASE' for the simulated one "
                         "(default: RKLLM_LIBRARY, the bundled runtime, the system's; else sim)")
@@ -128,8 +130,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args)
     if args.system:
         prompt = f"{args.system}\n\n{prompt}"
-    params = {name: getattr(args, name) for _, name, _, _ in SAMPLING_OPTIONS
-              if getattr(args, name) is not None}
+    params: dict[str, Any] = {name: getattr(args, name) for _, name, _, _ in SAMPLING_OPTIONS
+                              if getattr(args, name) is not None}
+    params["skip_special_token"] = not args.show_special
     runtime = _choose_runtime(args)
     with rkllm.LLM(path, runtime=runtime.path, abi=args.abi, params=params) as llm:
         loaded = time.perf_counter()
