@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from rkllm import sim
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("release, family", [
@@ -53,7 +53,10 @@ def test_library_path_when_not_built(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    # from a neutral directory: `-m` puts the cwd first on sys.path, and the source tree must not
+    # shadow the installed package (a wheel under test has the compiled module, the tree may not)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60,
+                          cwd=tempfile.gettempdir())
 
 
 def test_python_m_rkllm_sim() -> None:
