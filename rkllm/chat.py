@@ -527,6 +527,14 @@ class ChatSession:
         self._reply = None
         if record:
             self._turns.append({"role": "assistant", "content": reply.text})
+            # a run stopped from outside (Ctrl-C, or a token limit before 1.3.0, where the
+            # runtime has no per-run limit) may have put more tokens in the kv cache than
+            # arrived: prefill the conversation as recorded before the next turn
+            cut = reply.finish_reason == "abort" or (
+                reply.finish_reason == "length" and
+                P.family_key(self.llm.family) < P.family_key(P.RUN_FEATURES["sampling"]))
+            if cut and self._keep and self._template is not None:
+                self._synced = False
         else:  # the run failed: drop the turn; the kv cache is rebuilt before the next one
             if self._turns and self._turns[-1]["role"] != "assistant":
                 self._turns.pop()
