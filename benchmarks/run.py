@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -31,8 +32,8 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import cside  # noqa: E402
-import peers  # noqa: E402
+import cside
+import peers
 
 FAMILY = "1.2.1"
 PROMPT = "Tell me about the river and the old stone bridge."
@@ -274,7 +275,7 @@ def detect_rkllm() -> tuple[Any, list[str]]:
     notes = []
     try:
         import rkllm
-    except Exception as e:  # the package is not built in this environment
+    except (ImportError, OSError) as e:  # the package is not built in this environment
         return None, [f"rkllm not importable: {e}"]
     llm_cls = getattr(rkllm, "LLM", None)
     if llm_cls is None:
@@ -282,7 +283,7 @@ def detect_rkllm() -> tuple[Any, list[str]]:
     import inspect
 
     if "chunked" in inspect.signature(llm_cls.generate).parameters:
-        CHUNKED_FORM = lambda llm, p, n: llm.generate(p, max_new_tokens=n, chunked=True)  # noqa: E731
+        CHUNKED_FORM = lambda llm, p, n: llm.generate(p, max_new_tokens=n, chunked=True)
         notes.append("chunked form: LLM.generate(..., chunked=True)")
     else:
         notes.append("no chunked form found on rkllm.LLM")
@@ -368,7 +369,7 @@ def machine() -> dict[str, Any]:
 def pct(sorted_vals: list[float], p: float) -> float:
     if not sorted_vals:
         return float("nan")
-    i = min(len(sorted_vals) - 1, max(0, int(round(p / 100 * (len(sorted_vals) - 1)))))
+    i = min(len(sorted_vals) - 1, max(0, round(p / 100 * (len(sorted_vals) - 1))))
     return sorted_vals[i]
 
 
@@ -382,7 +383,7 @@ def rotate(seq: list[Any], k: int) -> list[Any]:
 
 
 def fmt_ns(ns: float) -> str:
-    if ns != ns:
+    if math.isnan(ns):
         return "-"
     a = abs(ns)
     if a >= 1e6:
@@ -618,13 +619,10 @@ def section_memory(env: Env, plan: Plan) -> dict[str, Any]:
         for key, make in forms:
             for _ in range(2):  # the first run warms allocator pools; the second one is measured
                 gc.collect()
-                samples, k, chars = [rss_bytes()], 0, 0
-                for piece in make():
-                    chars += len(piece)
-                    k += 1
-                    if k % step == 0 and key == "rkllm":
-                        samples.append(rss_bytes())
-                    elif key != "rkllm" and k % 4 == 0:
+                samples = [rss_bytes()]
+                every = step if key == "rkllm" else 4  # pieces are tokens, or batches
+                for k, _piece in enumerate(make(), 1):
+                    if k % every == 0:
                         samples.append(rss_bytes())
                 samples.append(rss_bytes())
             tenth = samples[max(1, len(samples) // 10)]
@@ -760,7 +758,7 @@ def section_growth(env: Env, plan: Plan) -> dict[str, Any]:
                     t0 = time.perf_counter_ns()
                     d.full(prompt)
                     per[d.key].append((time.perf_counter_ns() - t0) / tokens)
-        except Exception as e:  # e.g. a prompt longer than the context
+        except Exception as e:  # noqa: BLE001  (any failure of one size is reported, not fatal)
             res["prompts"][str(size)] = {"error": str(e)}
             rows.append([f"{size:,} B prompt", f"error: {e}"] + [""] * (len(designs) - 1))
             continue
