@@ -8,8 +8,8 @@
  * from C++, so a program written against that release's rkllm.h builds unchanged with
  * -I include/1.2.1.
  *
- * Family traits (against 1.2.0): the result callback returns int (non-zero asks the runtime
- * to stop); RKLLMInput starts with role and enable_thinking; n_batch and use_cross_attn in
+ * Family traits (against 1.2.0): the result callback returns int (1 pauses the run, which a
+ * later rkllm_run resumes); RKLLMInput starts with role and enable_thinking; n_batch and use_cross_attn in
  * the extend params; image count and size in the multimodal input; perf stats in the result;
  * rkllm_clear_kv_cache takes a position range; rkllm_get_kv_cache_size,
  * rkllm_set_function_tools and rkllm_set_cross_attn_params are new.
@@ -201,7 +201,7 @@ typedef struct {
     RKLLMPerfStat perf;
 } RKLLMResult;
 
-/* Returning non-zero asks the runtime to stop the run. */
+/* Return 0 to go on; 1 pauses the run with its state kept, and a later rkllm_run resumes it. */
 typedef int (*LLMResultCallback)(RKLLMResult* result, void* userdata, LLMCallState state);
 
 RKLLMParam rkllm_createDefaultParam(void);

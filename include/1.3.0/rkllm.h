@@ -236,7 +236,7 @@ typedef struct {
     RKLLMPerfStat perf;
 } RKLLMResult;
 
-/* Returning non-zero asks the runtime to stop the run. */
+/* Return 0 to go on; 1 pauses the run with its state kept, and a later rkllm_run resumes it. */
 typedef int (*LLMResultCallback)(RKLLMResult* result, void* userdata, LLMCallState state);
 
 /* Everything rkllm_init calls back into, each with its own userdata; unused ones are NULL. */
