@@ -117,10 +117,10 @@ class Repl:
         elif name == "/clear":
             self.session.reset()
             self.say("Cleared session context")
-        elif name == "/show" and len(words) > 1 and words[1] == "info":
-            self.say(self.info())
-        elif name == "/set" and len(words) > 1:
-            what = words[1]
+        elif name == "/show":
+            self.say(self.info() if words[1:2] == ["info"] else "Usage: /show info")
+        elif name == "/set":
+            what = words[1] if len(words) > 1 else ""
             if what == "system" and len(words) > 2:
                 self.session.system = line.split(None, 2)[2]
                 self.say("Set system message.")
@@ -215,7 +215,6 @@ class Repl:
         except KeyboardInterrupt:  # stop this answer (kept as far as it got), not the chat
             if reply is not None:
                 reply.close()
-            out.write("\n")
         except RKLLMError as exc:  # e.g. a conversation longer than the context: say so, go on
             out.flush()
             fail(exc)

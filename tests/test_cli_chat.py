@@ -1,0 +1,230 @@
+"""``rkllm chat`` as a subprocess: through a pipe (scriptable) and on a pseudo-terminal
+(the prompt, Ctrl-C during an answer and at the prompt, Ctrl-D)."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import rkllm
+from rkllm.chat import ChatSession
+
+Q1 = "Tell me about the river."
+Q2 = "And what about the mountain?"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RKLLM_")}
+    env.update(RKLLM_SIM_QUIET="1", **extra)
+    return env
+
+
+def chat(stdin: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rkllm.cli", "chat", "demo", *args],
+                          input=stdin, capture_output=True, text=True, env=_env(**env),
+                          timeout=60)
+
+
+@pytest.fixture
+def session_for(demo_model: str, quiet_sim: None) -> Iterator[Any]:
+    """Makes the in-process twin of a CLI chat: same runtime, default params."""
+    opened: list[rkllm.LLM] = []
+
+    def make(family: str = "1.3.0", **options: Any) -> ChatSession:
+        llm = rkllm.LLM(demo_model, runtime=f"sim:{family}")
+        opened.append(llm)
+        return ChatSession(llm, **options)
+
+    yield make
+    for llm in opened:
+        llm.close()
+
+
+def test_pipe_answers_each_line(family: str, session_for: Any) -> None:
+    out = chat(f"{Q1}\n\n{Q2}\n", "-n", "20", "--runtime", f"sim:{family}")
+    assert out.returncode == 0, out.stderr
+    twin = session_for(family, max_new_tokens=20)
+    expected = [twin.send(Q1, stream=False).text, twin.send(Q2, stream=False).text]
+    assert out.stdout == "".join(f"{a}\n" for a in expected)  # no prompt, no decoration
+    assert ">>>" not in out.stdout + out.stderr
+
+
+def test_commands_in_a_script(session_for: Any) -> None:
+    script = "\n".join([
+        Q1, "/clear", Q2,
+        '"""first line', "second line", '"""',
+        "/set system You are a pirate.", Q1,
+        "/set parameter max_new_tokens 3", Q2,
+        "/bye", "never answered"]) + "\n"
+    out = chat(script, "-n", "20")
+    assert out.returncode == 0, out.stderr
+    twin = session_for(max_new_tokens=20)
+    expected = [twin.send(Q1, stream=False).text]
+    twin.reset()
+    expected += [twin.send(Q2, stream=False).text,
+                 twin.send("first line\nsecond line", stream=False).text]
+    twin.system = "You are a pirate."
+    expected.append(twin.send(Q1, stream=False).text)
+    expected.append(twin.send(Q2, max_new_tokens=3, stream=False).text)
+    assert out.stdout.splitlines() == expected
+    assert "Cleared session context" in out.stderr and "Set system message." in out.stderr
+    assert "Set parameter 'max_new_tokens' to '3'" in out.stderr
+
+
+def test_set_parameter_is_validated(session_for: Any) -> None:
+    script = "\n".join(["/set parameter temperature hot", "/set parameter top_k -1",
+                        "/set parameter tempature 0.5", "/set parameter max_new_tokens 0",
+                        "/set parameter top_k 1", Q1, "/frobnicate", "/set"]) + "\n"
+    out = chat(script, "-n", "10")
+    assert out.returncode == 0, out.stderr
+    err = out.stderr
+    assert "temperature must be a number, got 'hot'" in err
+    assert "top_k must be between 0 and" in err
+    assert "did you mean temperature" in err
+    assert "max_new_tokens must be at least 1" in err
+    assert "Set parameter 'top_k' to '1'" in err
+    assert "Unknown command '/frobnicate'" in err and "Usage: /set" in err
+    assert out.stdout == session_for(max_new_tokens=10, top_k=1).send(Q1, stream=False).text \
+        + "\n"
+    # before 1.3.0 sampling is fixed when the model is loaded
+    old = chat("/set parameter temperature 0.5\n", "--runtime", "sim:1.2.1")
+    assert "needs RKLLM runtime 1.3.0" in old.stderr
+
+
+def test_help_and_info() -> None:
+    out = chat("/?\n/show info\n", "--runtime", "sim:1.2.1", "--system", "Be kind.")
+    assert out.returncode == 0, out.stderr
+    assert "/set parameter NAME VALUE" in out.stderr and '"""' in out.stderr
+    for text in ("1.2.3 (ABI family 1.2.1)", "simulated runtime (no NPU)", "kv cache",
+                 "Be kind.", "demo.rkllm", "context"):
+        assert text in out.stderr
+
+
+def test_verbose_timings_after_each_answer() -> None:
+    out = chat(f"{Q1}\n{Q2}\n", "-n", "5", "--verbose")
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert sum(line.startswith("eval rate:") for line in lines) == 2
+    assert sum(line.startswith("prompt eval count:") for line in lines) == 2
+    assert "finish reason:        length" in out.stderr
+
+
+def test_a_failed_answer_is_reported_and_the_chat_goes_on() -> None:
+    # 1.1.x renders the whole conversation each turn: it outgrows a small context
+    script = "".join(f"{Q1} {i}\n" for i in range(8)) + "/clear\n" + Q2 + "\n"
+    out = chat(script, "-n", "30", "--runtime", "sim:1.1.0", "--max-context-len", "160")
+    assert out.returncode == 1
+    assert "rkllm: error:" in out.stderr and "max_context_len" in out.stderr
+    assert len(out.stdout.splitlines()) >= 2  # answers before the failure and after /clear
+
+
+def test_bad_model_is_one_line() -> None:
+    out = chat("", "--runtime", "sim", "/nonexistent.rkllm")
+    assert out.returncode != 0
+
+
+# ---- on a terminal ---------------------------------------------------------------------------
+
+class Terminal:
+    """``rkllm chat demo`` on a pseudo-terminal."""
+
+    def __init__(self, *args: str, **env: str) -> None:
+        import pty
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child
+            os.execve(sys.executable, [sys.executable, "-m", "rkllm.cli", "chat", "demo",
+                                       *args], _env(**env))
+        self.buf = b""
+
+    def read_until(self, token: bytes, timeout: float = 20) -> bytes:
+        end = time.monotonic() + timeout
+        while token not in self.buf:
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"no {token!r} within {timeout}s: {self.buf[-300:]!r}")
+            try:
+                self.buf += os.read(self.fd, 4096)
+            except OSError as exc:  # the child has gone
+                raise AssertionError(f"no {token!r}, child gone: {self.buf[-300:]!r}") from exc
+        i = self.buf.index(token) + len(token)
+        got, self.buf = self.buf[:i], self.buf[i:]
+        return got
+
+    def type(self, text: bytes) -> None:
+        os.write(self.fd, text)
+
+    def wait(self, timeout: float = 20) -> int:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        os.kill(self.pid, 9)
+        raise AssertionError("the chat did not exit")
+
+    def close(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(self.fd)
+
+
+@pytest.fixture
+def terminal() -> Iterator[type[Terminal]]:
+    opened: list[Terminal] = []
+
+    def make(*args: str, **env: str) -> Terminal:
+        t = Terminal(*args, **env)
+        opened.append(t)
+        return t
+
+    yield make  # type: ignore[misc]
+    for t in opened:
+        t.close()
+
+
+def test_ctrl_c_stops_the_answer_not_the_chat(terminal: Any) -> None:
+    # an endless answer at 20 ms per token
+    t = terminal(RKLLM_SIM_TOKEN_US="20000", RKLLM_SIM_IGNORE_EOS="1")
+    t.read_until(b">>> ")
+    t.type(Q1.encode() + b"\r")
+    t.read_until(Q1.encode() + b"\r\n")
+    time.sleep(0.3)  # some of the answer
+    started = time.monotonic()
+    t.type(b"\x03")
+    answer = t.read_until(b">>> ")
+    assert time.monotonic() - started < 2
+    assert len(answer.split()) >= 3  # the part that arrived stays on screen
+    # the conversation goes on, with the cut answer in it
+    time.sleep(0.2)  # readline is waiting again (a Ctrl-C before that is seen late)
+    t.type(b"/show info\r")
+    assert b"turns     2" in t.read_until(b">>> ")
+    time.sleep(0.2)
+    t.type(b"\x03")  # at an empty prompt: how to leave
+    assert b"Use Ctrl + d or /bye to exit." in t.read_until(b">>> ")
+    t.type(b"\x04")
+    assert t.wait() == 0
+
+
+def test_multiline_and_bye_on_a_terminal(terminal: Any, session_for: Any) -> None:
+    t = terminal("-n", "12")
+    t.read_until(b">>> ")
+    t.type(b'"""one\r')
+    t.read_until(b"... ")
+    t.type(b'two"""\r')
+    answer = t.read_until(b">>> ")
+    expected = session_for(max_new_tokens=12).send("one\ntwo", stream=False).text
+    assert expected.encode() in answer.replace(b"\r\n", b"\n")
+    t.type(b"/bye\r")
+    assert t.wait() == 0
