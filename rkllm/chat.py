@@ -668,8 +668,8 @@ def create_chat_completion(llm: LLM, messages: Sequence[Mapping[str, Any]], *,
     if max_tokens is not None:
         options["max_new_tokens"] = max_tokens
     session = ChatSession(llm, system, messages=history, template=template, tools=functions)
-    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
-            "model": _model_name(llm, model)}
+    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": int(time.time()), "model": _model_name(llm, model)}
     try:
         reply = session.send(content, role=role, stream=stream, **sampling, **options)
     except BaseException:
@@ -682,7 +682,7 @@ def create_chat_completion(llm: LLM, messages: Sequence[Mapping[str, Any]], *,
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:
             message["tool_calls"] = calls
-        return {**meta, "object": "chat.completion",
+        return {**meta,
                 "choices": [{"index": 0, "message": message, "logprobs": None,
                              "finish_reason": "tool_calls" if calls else reply.finish_reason}],
                 "usage": _usage(reply)}
@@ -693,7 +693,7 @@ def create_chat_completion(llm: LLM, messages: Sequence[Mapping[str, Any]], *,
 def _chunks(session: ChatSession, reply: Reply, meta: Mapping[str, Any],
             tools: bool) -> Iterator[dict[str, Any]]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {**meta, "object": "chat.completion.chunk",
+        return {**meta, "object": "chat.completion.chunk",  # same id, created, model
                 "choices": [{"index": 0, "delta": delta, "logprobs": None,
                              "finish_reason": finish}]}
 
