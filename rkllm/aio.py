@@ -17,6 +17,7 @@ models can stream concurrently in one loop. Cancelling the task, leaving the ``a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import Any
 
@@ -133,10 +134,8 @@ class AsyncStream:
 
     def __del__(self) -> None:
         # ``break`` out of ``async for`` drops the iterator: end the run here
-        try:
+        with contextlib.suppress(Exception):  # e.g. its loop is already closed
             self._cancel()
-        except Exception:
-            pass
 
     # ---- how it ended ---------------------------------------------------------------------
     @property

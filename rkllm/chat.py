@@ -38,12 +38,19 @@ from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 from rkllm import params as P
-from rkllm.errors import ParamError
+from rkllm.errors import ParamError, RKLLMError
 from rkllm.llm import LLM
 from rkllm.stream import Perf, Stream
 
-__all__ = ["ChatSession", "ChatTemplate", "Reply", "TEMPLATES", "check_messages",
-           "create_chat_completion", "detect_template"]
+__all__ = [
+    "TEMPLATES",
+    "ChatSession",
+    "ChatTemplate",
+    "Reply",
+    "check_messages",
+    "create_chat_completion",
+    "detect_template",
+]
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -121,7 +128,7 @@ def detect_template(llm: LLM) -> ChatTemplate | None:
 
     try:
         fact = inspect_model(llm.model_path).facts.get("chat_template")
-    except Exception:  # an unreadable file is the loader's business, not the template's
+    except RKLLMError:  # an unreadable file is the loader's business, not the template's
         return None
     if fact is None:
         return None
@@ -149,7 +156,7 @@ def _template(llm: LLM, template: ChatTemplate | str | None) -> ChatTemplate | N
 
 # ---- messages ------------------------------------------------------------------------------
 
-_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
 def _content(i: int, message: Mapping[str, Any]) -> str:
@@ -618,7 +625,7 @@ def _model_name(llm: LLM, model: str | None) -> str:
     import os
 
     name = os.path.basename(llm.model_path)
-    return name[:-6] if name.endswith(".rkllm") else name
+    return name.removesuffix(".rkllm")
 
 
 @overload

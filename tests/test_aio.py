@@ -7,12 +7,11 @@ import asyncio
 import time
 
 import pytest
+from conftest import run_python
 
 import rkllm
-import rkllm.aio as aio
+from rkllm import aio
 from rkllm.errors import BusyError, ParamError
-
-from conftest import run_python
 
 PROMPT = "Tell me about the river."
 

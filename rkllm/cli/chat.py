@@ -266,14 +266,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
               if getattr(args, name) is not None}
     runtime = _choose_runtime(args)
     options = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
-    with rkllm.LLM(path, runtime=runtime.path, abi=args.abi, params=params) as llm:
-        with ChatSession(llm, args.system, template=args.template, **options) as session:
-            repl = Repl(session, interactive=sys.stdin.isatty(), verbose=args.verbose,
-                        load_s=time.perf_counter() - started, stdin=sys.stdin,
-                        stdout=sys.stdout, stderr=sys.stderr)
-            if repl.interactive:
-                try:
-                    import readline  # noqa: F401  (line editing and history for input())
-                except ImportError:
-                    pass
-            return repl.loop()
+    with rkllm.LLM(path, runtime=runtime.path, abi=args.abi, params=params) as llm, \
+            ChatSession(llm, args.system, template=args.template, **options) as session:
+        repl = Repl(session, interactive=sys.stdin.isatty(), verbose=args.verbose,
+                    load_s=time.perf_counter() - started, stdin=sys.stdin,
+                    stdout=sys.stdout, stderr=sys.stderr)
+        if repl.interactive:
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:
+                pass
+        return repl.loop()
