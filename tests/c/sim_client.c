@@ -715,6 +715,30 @@ static void check_async_abort_busy(void)
     check(rkllm_abort(h) == 0, "abort_when_idle", "");
     unsetenv("RKLLM_SIM_TOKEN_US");
     unsetenv("RKLLM_SIM_IGNORE_EOS");
+
+    /* abort during a long prefill (2000 tokens at 1 ms: 2 s) stops it, not only generation */
+    setenv("RKLLM_SIM_PREFILL_US", "1000", 1);
+    static int32_t long_ids[2000];
+    for (int i = 0; i < 2000; i++)
+        long_ids[i] = 300 + i % 50;
+    RKLLMInput tin;
+    memset(&tin, 0, sizeof tin);
+    tin.input_type = RKLLM_INPUT_TOKEN;
+    tin.token_input.input_ids = long_ids;
+    tin.token_input.n_tokens = 2000;
+    col_init(&c);
+    rc = rkllm_run_async(h, &tin, &ip, &c);
+    usleep(50000);
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    rc_abort = rkllm_abort(h);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    ms = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
+    col_wait(&c);
+    check(rc == 0 && rc_abort == 0 && rkllm_is_running(h) == 0 && c.finish == 1 && c.tokens == 0 && ms < 500,
+          "abort_during_prefill", "rc %d/%d tokens %d finish %d abort took %.1f ms", rc, rc_abort, c.tokens,
+          c.finish, ms);
+    col_free(&c);
+    unsetenv("RKLLM_SIM_PREFILL_US");
     rkllm_destroy(h);
 
     /* is_async in the params makes rkllm_run return at once */
