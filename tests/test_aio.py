@@ -93,13 +93,10 @@ def test_two_models_stream_concurrently(demo_model: str, quiet_sim: None,
         async def main() -> list[list[str]]:
             return list(await asyncio.gather(run("a", a), run("b", b)))
 
-        started = time.monotonic()
         got_a, got_b = asyncio.run(main())
-        took = time.monotonic() - started
     assert got_a == expected["a"] and got_b == expected["b"]
     # interleaved, not one after the other
     assert order.index("b") < len(order) - order[::-1].index("a") - 1
-    assert took < 2 * 30 * 0.003 + 0.5
 
 
 def test_one_run_per_model(llm: rkllm.LLM, monkeypatch: pytest.MonkeyPatch) -> None:
