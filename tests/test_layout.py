@@ -135,8 +135,10 @@ FACTS: dict[str, dict[str, list[Field]]] = {
     },
 }
 
-# (compiler, pointer size) per architecture
-ARCHES = {"x86_64": ("gcc", 8), "aarch64": ("aarch64-linux-gnu-gcc", 8), "armhf": ("arm-linux-gnueabihf-gcc", 4)}
+# (compiler, pointer size) per architecture; named by target triplet, because a plain "gcc" is
+# not always an x86_64 compiler (in the wheel tests under qemu-user it is the emulated arch's)
+ARCHES = {"x86_64": ("x86_64-linux-gnu-gcc", 8), "aarch64": ("aarch64-linux-gnu-gcc", 8),
+          "armhf": ("arm-linux-gnueabihf-gcc", 4)}
 
 
 def scalar(kind: str, ptr: int) -> tuple[int, int]:
