@@ -10,6 +10,8 @@ See docs/api.md. Heavy modules (huggingface_hub, the CLI) are imported only when
 
 from __future__ import annotations
 
+from typing import Any
+
 from rkllm.errors import (
     BusyError,
     ClosedError,
@@ -26,6 +28,30 @@ from rkllm.llm import LLM, load_runtime
 from rkllm.stream import Perf, Result, Stream, Tensor
 
 __version__ = "0.1.0"
+
+# Loaded on first use so that `import rkllm` stays light (no asyncio, huggingface_hub, CLI).
+_LAZY = {
+    "ChatSession": ("rkllm.chat", "ChatSession"),
+    "ChatTemplate": ("rkllm.chat", "ChatTemplate"),
+    "create_chat_completion": ("rkllm.chat", "create_chat_completion"),
+    "inspect_model": ("rkllm.inspect", "inspect_model"),
+    "resolve_model": ("rkllm.models", "resolve_model"),
+}
+_SUBMODULES = ("aio", "chat", "sim", "inspect", "models", "doctor", "runtimes", "params")
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"rkllm.{name}")
+    else:
+        raise AttributeError(f"module 'rkllm' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 __all__ = [
     "LLM",

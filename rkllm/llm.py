@@ -16,12 +16,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rkllm import _lowlevel as ll
 from rkllm import params as P
 from rkllm.errors import ClosedError, ModelLoadError, ParamError, RuntimeNotFoundError
 from rkllm.stream import Result, Stream, Tensor, _Run
+
+if TYPE_CHECKING:
+    from rkllm.aio import AsyncStream
+    from rkllm.chat import ChatSession
 
 
 def _is_sim(spec: object) -> bool:
@@ -220,6 +224,34 @@ class LLM:
         assert perf is not None and stream.finish_reason is not None
         return Result("".join(run.parts), stream.finish_reason,
                       [i for i in run.ids if i >= 0], perf)
+
+    def agenerate(self, prompt: str | None = None, *, chunked: bool = False,
+                  **options: Any) -> AsyncStream:
+        """:meth:`generate` for asyncio: ``async for piece in llm.agenerate(...)``
+        (see :mod:`rkllm.aio`)."""
+        from rkllm.aio import agenerate
+
+        return agenerate(self, prompt, chunked=chunked, **options)
+
+    async def acomplete(self, prompt: str | None = None, **options: Any) -> Result:
+        """:meth:`complete` without blocking the event loop."""
+        from rkllm.aio import acomplete
+
+        return await acomplete(self, prompt, **options)
+
+    def chat(self, system: str | None = None, **options: Any) -> ChatSession:
+        """A :class:`rkllm.chat.ChatSession` on this model (history, templates, tools)."""
+        from rkllm.chat import ChatSession
+
+        return ChatSession(self, system, **options)
+
+    def create_chat_completion(self, messages: Sequence[Mapping[str, Any]],
+                               **options: Any) -> Any:
+        """OpenAI-shaped chat completion (a dict, or an iterator of chunk dicts with
+        ``stream=True``); see :func:`rkllm.chat.create_chat_completion`."""
+        from rkllm.chat import create_chat_completion
+
+        return create_chat_completion(self, messages, **options)
 
     def _array(self, mode: int, prompt: str | None, options: dict[str, Any]) -> Tensor:
         stream = self._start(prompt, mode=mode, chunked=True, collect=False, **options)
