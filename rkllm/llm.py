@@ -78,7 +78,8 @@ class LLM:
 
     def __init__(self, model: str | os.PathLike[str], *,
                  runtime: str | os.PathLike[str] | None = None, abi: str | None = None,
-                 params: Mapping[str, Any] | None = None, **kwparams: Any) -> None:
+                 params: Mapping[str, Any] | None = None, check_model: bool = True,
+                 **kwparams: Any) -> None:
         self._model: ll.Model | None = None
         self._loras: list[str] = []
         given = dict(params or {})
@@ -91,7 +92,31 @@ class LLM:
         self.params = P.validate(self.family, given, self.runtime.default_params())
         if not os.path.isfile(self.model_path):
             raise ModelLoadError(f"no such model file: {self.model_path}")
+        if check_model:
+            self._check_model()
         self._model = ll.Model(self.runtime, self.model_path, self.params)
+
+    def _check_model(self) -> None:
+        """What the file says about itself against this board and runtime, before
+        rkllm_init (the rule: rkllm.inspect.check_compatibility, docs/models.md)."""
+        import warnings
+
+        from rkllm.doctor import detect_platform
+        from rkllm.inspect import check_compatibility, inspect_model
+
+        # On the simulator the board does not matter, and the simulator itself names a file
+        # that is not a simulated model precisely; a real runtime is spared simulated models.
+        board = None if self.is_simulator else detect_platform()
+        findings = check_compatibility(inspect_model(self.model_path),
+                                       self.release or self.family, board,
+                                       simulator=None if self.is_simulator else False)
+        refusals = [f.message for f in findings if f.refuse]
+        if refusals:
+            raise ModelLoadError(f"{self.model_path} cannot be loaded here: "
+                                 + "; ".join(refusals)
+                                 + " (check_model=False skips this check)")
+        for finding in findings:
+            warnings.warn(finding.message, RuntimeWarning, stacklevel=3)
 
     # ---- what is loaded ---------------------------------------------------------------------
     @property

@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import rkllm
 from rkllm.chat import ChatSession
+from rkllm.errors import ModelLoadError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_import_stays_light() -> None:
@@ -50,3 +56,20 @@ def test_chat_and_completion_methods(llm: rkllm.LLM) -> None:
     assert out["object"] == "chat.completion"
     assert out["choices"][0]["message"]["role"] == "assistant"
     assert out["choices"][0]["message"]["content"]
+
+
+def test_model_for_a_newer_family_is_refused_before_init(tmp_path: Path, quiet_sim: None) -> None:
+    """A model whose toolkit is newer than the runtime's family is refused by rkllm-cffi
+    before rkllm_init (the simulator would refuse it too, later and less helpfully)."""
+    model = tmp_path / "new.rkllm"
+    subprocess.run([sys.executable, str(ROOT / "csrc/sim/make_model.py"), "-o", str(model),
+                    "--toolkit-version", "1.3.0"], check=True, capture_output=True)
+    with pytest.raises(ModelLoadError) as err:
+        rkllm.LLM(str(model), runtime="sim:1.2.1")
+    assert "1.3.0" in str(err.value) and "check_model=False" in str(err.value)
+    assert err.value.runtime_message is None  # refused before any runtime call
+    with pytest.raises(ModelLoadError) as err:  # the simulator's own refusal, with its message
+        rkllm.LLM(str(model), runtime="sim:1.2.1", check_model=False)
+    assert err.value.runtime_message
+    with rkllm.LLM(str(model), runtime="sim:1.3.0") as llm:  # right family: loads and runs
+        assert llm.complete("Hi", max_new_tokens=4).text
