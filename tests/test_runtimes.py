@@ -3,6 +3,7 @@ wheel-build script, all against a local HTTP server on 127.0.0.1 (never the netw
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
 import json
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -385,6 +387,54 @@ def test_script_bundles_runtime_and_licence(server: VendorServer,
     fetched = len(server.requests)
     assert script.main(["--arch", "aarch64", "--release", "9.9.9", "--libs", str(libs)]) == 0  # type: ignore[attr-defined]
     assert len(server.requests) == fetched and "already holds 9.9.9" in capsys.readouterr().out
+
+
+def make_wheel(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("rkllm/__init__.py", "x = 1\n")
+        z.writestr("rkllm_cffi-0.1.0.dist-info/WHEEL", "Wheel-Version: 1.0\n")
+        z.writestr("rkllm_cffi-0.1.0.dist-info/RECORD",
+                   "rkllm/__init__.py,sha256=abc,6\nrkllm_cffi-0.1.0.dist-info/WHEEL,sha256=def,20\n"
+                   "rkllm_cffi-0.1.0.dist-info/RECORD,,\n")
+    return path
+
+
+def record_of(wheel: Path) -> dict[str, str]:
+    with zipfile.ZipFile(wheel) as z:
+        text = z.read("rkllm_cffi-0.1.0.dist-info/RECORD").decode()
+    rows = [line.split(",") for line in text.splitlines()]
+    assert len({r[0] for r in rows}) == len(rows), "no duplicate RECORD rows"
+    return {r[0]: r[1] for r in rows}
+
+
+def test_script_adds_runtime_to_repaired_wheels(server: VendorServer,
+                                                fake_release: runtimes.Release,
+                                                tmp_path: Path) -> None:
+    script = load_script()
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    arm = make_wheel(house / "rkllm_cffi-0.1.0-cp310-abi3-manylinux_2_28_aarch64.whl")
+    x86 = make_wheel(house / "rkllm_cffi-0.1.0-cp310-abi3-manylinux_2_28_x86_64.whl")
+    x86_before = x86.read_bytes()
+    for _ in range(2):  # idempotent: a second run replaces, never duplicates
+        assert script.main(["--into-wheel", str(house), "--release", "9.9.9"]) == 0  # type: ignore[attr-defined]
+    assert x86.read_bytes() == x86_before
+    lib_data = served(server, fake_release.library("aarch64"))
+    with zipfile.ZipFile(arm) as z:
+        names = z.namelist()
+        assert sorted(n for n in names if n.startswith("rkllm/libs/")) == [
+            "rkllm/libs/aarch64/LICENSE.txt", "rkllm/libs/aarch64/RUNTIME.json",
+            "rkllm/libs/aarch64/librkllmrt.so"]
+        assert z.read("rkllm/libs/aarch64/librkllmrt.so") == lib_data
+        assert (z.getinfo("rkllm/libs/aarch64/librkllmrt.so").external_attr >> 16) & 0o777 == 0o755
+        assert json.loads(z.read("rkllm/libs/aarch64/RUNTIME.json"))["release"] == "9.9.9"
+        record = record_of(arm)
+        for name in names:
+            if name.startswith("rkllm/libs/"):
+                digest = base64.urlsafe_b64encode(hashlib.sha256(z.read(name)).digest())
+                assert record[name] == "sha256=" + digest.rstrip(b"=").decode()
+        assert record["rkllm/__init__.py"] == "sha256=abc"  # the other rows are kept as they were
+        assert set(record) == set(names)
 
 
 def test_script_fails_on_mismatch_and_skips_x86(server: VendorServer, tmp_path: Path) -> None:
