@@ -249,9 +249,59 @@ static double rng01(sampler *s)
     return (double)((s->rng * 2685821657736338717ULL) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+/* The score of candidate c (the i-th successor, at off + i) at this step. */
+static inline __attribute__((always_inline)) float score(const sim_handle *h, const sampler *s, uint32_t at, int c)
+{
+    const sim_model *m = h->model;
+    float x = m->next_logc[at] +
+              NOISE * unit(mix32(s->seed ^ mix32((uint32_t)s->step * 0x9e3779b9u ^ (uint32_t)c)));
+    if (c) {
+        x += TOPIC_BOOST * h->in_prompt[c];
+        if (s->lora_boost)
+            x += LORA_BOOST * s->lora_scale * s->lora_boost[c];
+        if (h->recent[c])
+            x = x > 0 ? x / s->repeat_penalty : x * s->repeat_penalty;
+        if (s->frequency_penalty != 0 || s->presence_penalty != 0) /* x - 0 is x: skip it */
+            x -= s->frequency_penalty * (float)h->freq[c] + s->presence_penalty * (h->freq[c] > 0);
+    }
+    else
+        x -= 3.0f * (s->words < 40 ? 1.0f - (float)s->words / 40.0f : 0.0f); /* answers of some length */
+    return x;
+}
+
+/* Greedy choice: the first candidate with the highest score. Scores only ever lower a
+ * candidate's logc + the bonuses' maximum (when the penalties cannot raise one), so the
+ * rest of the list is skipped once its best logc cannot beat the best score so far. */
+static int pick_greedy(sim_handle *h, sampler *s, int prev)
+{
+    const sim_model *m = h->model;
+    uint32_t off = m->next_off[prev];
+    int n = m->next_n[prev], best = -1;
+    float best_x = 0;
+    int can_prune = s->repeat_penalty >= 1 && s->frequency_penalty >= 0 && s->presence_penalty >= 0;
+    float lora_max = s->lora_boost && LORA_BOOST * s->lora_scale > 0 ? LORA_BOOST * s->lora_scale : 0;
+    float slack = NOISE + TOPIC_BOOST + lora_max + 0.01f; /* 0.01: far above float rounding */
+    for (int i = 0; i < n; i++) {
+        if (best >= 0 && can_prune && m->next_logc_rest[off + i] + slack < best_x)
+            break;
+        int c = (int)m->next_word[off + i];
+        if (c == 0 && s->ignore_eos)
+            continue;
+        if (best >= 0 && can_prune && c && !h->in_prompt[c] &&
+            m->next_logc[off + i] + (slack - TOPIC_BOOST) < best_x)
+            continue; /* not even its full noise would do */
+        float x = score(h, s, off + i, c);
+        if (best < 0 || x > best_x)
+            best = c, best_x = x;
+    }
+    return best;
+}
+
 /* Chooses the word after prev; -1 if nothing is allowed (only the end, and it is ignored). */
 static int pick_word(sim_handle *h, sampler *s, int prev)
 {
+    if (s->temperature <= 0 || s->top_k == 1)
+        return pick_greedy(h, s, prev);
     const sim_model *m = h->model;
     uint32_t off = m->next_off[prev];
     int n = m->next_n[prev], k = 0;
@@ -261,28 +311,10 @@ static int pick_word(sim_handle *h, sampler *s, int prev)
         int c = (int)m->next_word[off + i];
         if (c == 0 && s->ignore_eos)
             continue;
-        float x = m->next_logc[off + i] +
-                  NOISE * unit(mix32(s->seed ^ mix32((uint32_t)s->step * 0x9e3779b9u ^ (uint32_t)c)));
-        if (c) {
-            x += TOPIC_BOOST * h->in_prompt[c];
-            if (s->lora_boost)
-                x += LORA_BOOST * s->lora_scale * s->lora_boost[c];
-            if (h->recent[c])
-                x = x > 0 ? x / s->repeat_penalty : x * s->repeat_penalty;
-            x -= s->frequency_penalty * (float)h->freq[c] + s->presence_penalty * (h->freq[c] > 0);
-        }
-        else
-            x -= 3.0f * (s->words < 40 ? 1.0f - (float)s->words / 40.0f : 0.0f); /* answers of some length */
-        lg[k] = x, id[k] = c, k++;
+        lg[k] = score(h, s, off + i, c), id[k] = c, k++;
     }
-    if (!k)
-        return -1;
-    int best = 0;
-    for (int i = 1; i < k; i++)
-        if (lg[i] > lg[best])
-            best = i;
-    if (s->temperature <= 0 || s->top_k == 1 || k == 1)
-        return id[best];
+    if (k <= 1)
+        return k ? id[0] : -1;
     /* sort descending (k <= 64) */
     for (int i = 1; i < k; i++) {
         float x = lg[i];

@@ -209,6 +209,7 @@ void sim_model_free(sim_model *m)
     free(m->tok); free(m->tok_len); free(m->tok_special); free(m->tok_hash);
     free(m->word_off); free(m->pieces); free(m->word_n); free(m->tok_word);
     free(m->next_off); free(m->next_word); free(m->next_n); free(m->next_logc);
+    free(m->next_logc_rest);
     free(m);
 }
 
@@ -422,6 +423,14 @@ sim_model *sim_model_load(const char *path, char *err, size_t errlen)
         }
     }
     NEED(m->next_n[0] > 0, "the chain has no start");
+    m->next_logc_rest = malloc((ne + 1) * sizeof *m->next_logc_rest);
+    NEED(m->next_logc_rest, "out of memory");
+    for (int w = 0; w < W; w++)
+        for (int k = m->next_n[w] - 1; k >= 0; k--) {
+            uint32_t i = m->next_off[w] + (uint32_t)k;
+            float rest = k + 1 < m->next_n[w] ? m->next_logc_rest[i + 1] : m->next_logc[i];
+            m->next_logc_rest[i] = m->next_logc[i] > rest ? m->next_logc[i] : rest;
+        }
     free(buf);
     return m;
 fail:

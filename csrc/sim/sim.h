@@ -58,6 +58,7 @@ typedef struct {
     uint32_t *next_off, *next_word;
     uint8_t *next_n;
     float *next_logc;
+    float *next_logc_rest; /* max of next_logc[i ..] over the rest of i's list (greedy pruning) */
 } sim_model;
 
 typedef struct {
