@@ -5,8 +5,9 @@
             print(piece, end="", flush=True)
         result = llm.complete("Hi")
 
-Runtime selection (``runtime=``): a path to ``librkllmrt.so``; ``"sim"`` or ``"sim:1.3.0"``
-for the simulated runtime; or None: ``RKLLM_LIBRARY`` (a path, or ``sim`` / ``sim:X``), then
+Runtime selection (``runtime=``): a path to ``librkllmrt.so``; a pinned vendor release such as
+``"1.3.0"`` (fetched with ``rkllm runtime pull``); ``"sim"`` or ``"sim:1.3.0"`` for the
+simulated runtime; or None: ``RKLLM_LIBRARY`` (any of those), then
 the runtime bundled in the package, then the system's. The ABI is detected from the library
 (``abi=`` or ``RKLLM_ABI`` force it).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,10 @@ def _sim_library(release: str, what: str) -> str:
         raise RuntimeNotFoundError(str(exc)) from None
 
 
+def _is_release(spec: object) -> bool:
+    return isinstance(spec, str) and re.fullmatch(r"\d+\.\d+\.\d+", spec) is not None
+
+
 def load_runtime(runtime: str | os.PathLike[str] | None = None, *,
                  abi: str | None = None) -> ll.Runtime:
     """Finds and loads a runtime (see the module docstring for the order). The simulated
@@ -51,8 +57,17 @@ def load_runtime(runtime: str | os.PathLike[str] | None = None, *,
     abi = abi or os.environ.get("RKLLM_ABI") or None
     spec: str | os.PathLike[str] | None = runtime
     source = "runtime="
-    if spec is None and _is_sim(os.environ.get("RKLLM_LIBRARY", "")):
-        spec, source = os.environ["RKLLM_LIBRARY"], "RKLLM_LIBRARY"
+    env = os.environ.get("RKLLM_LIBRARY", "")
+    if spec is None and (_is_sim(env) or _is_release(env)):
+        spec, source = env, "RKLLM_LIBRARY"
+    if _is_release(spec):
+        # a pinned vendor release fetched by `rkllm runtime pull` (or the one bundled)
+        from rkllm import runtimes
+
+        assert isinstance(spec, str)
+        path = runtimes.library_path(spec)
+        return ll.open_runtime(str(path), path_source=f"{source}{spec} (pinned release)",
+                               abi=abi)
     if _is_sim(spec):
         assert isinstance(spec, str)
         from rkllm.sim import DEFAULT_FAMILY

@@ -73,3 +73,24 @@ def test_model_for_a_newer_family_is_refused_before_init(tmp_path: Path, quiet_s
     assert err.value.runtime_message
     with rkllm.LLM(str(model), runtime="sim:1.3.0") as llm:  # right family: loads and runs
         assert llm.complete("Hi", max_new_tokens=4).text
+
+
+def test_runtime_by_pinned_release(monkeypatch: pytest.MonkeyPatch, quiet_sim: None) -> None:
+    """runtime="1.2.3" (or RKLLM_LIBRARY=1.2.3) loads the pinned release from the runtime
+    cache; here the cache lookup hands back the simulator of that family."""
+    from rkllm import runtimes, sim
+
+    asked: list[str] = []
+
+    def fake_library_path(version: str, arch: str | None = None) -> Path:
+        asked.append(version)
+        return Path(sim.library_path(version))
+
+    monkeypatch.setattr(runtimes, "library_path", fake_library_path)
+    assert rkllm.load_runtime("1.2.3").family == "1.2.1"
+    monkeypatch.setenv("RKLLM_LIBRARY", "1.1.4")
+    assert rkllm.load_runtime().family == "1.1.0"
+    assert asked == ["1.2.3", "1.1.4"]
+    monkeypatch.undo()
+    with pytest.raises(rkllm.UnsupportedRuntimeError, match="not pinned"):
+        rkllm.load_runtime("9.9.9")

@@ -44,7 +44,8 @@ def register(sub: Any) -> None:
     p.add_argument("--show-special", action="store_true",
                    help="print special tokens such as <|im_end|> (hidden by default)")
     p.add_argument("--runtime", metavar="LIB",
-                   help="librkllmrt.so to use, or 'sim' / 'sim:RELEASE' for the simulated one "
+                   help="librkllmrt.so to use, a pinned release fetched with `rkllm runtime "
+                        "pull` (e.g. 1.3.0), or 'sim' / 'sim:RELEASE' for the simulated one "
                         "(default: RKLLM_LIBRARY, the bundled runtime, the system's; else sim)")
     p.add_argument("--abi", metavar="RELEASE",
                    help="force the runtime's ABI release (like RKLLM_ABI), e.g. 1.2.1")
