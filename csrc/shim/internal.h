@@ -76,17 +76,6 @@ struct rkshim_runtime {
     const rkshim_family *family;
 };
 
-/* One batch buffer of the result queue (the producer fills one, the consumer reads the
- * other; rkshim_model_pull swaps them). */
-typedef struct {
-    char *text;
-    size_t text_len, text_cap;
-    uint32_t *ends;
-    int32_t *ids;
-    size_t n, cap;
-    uint32_t n_codepoints;
-} rkshim_buf;
-
 /* Called by a family's result callback; returns what the callback returns (1.2.1+): always
  * 0, because there 1 means "pause" (the runtime keeps the run's state to be resumed by the
  * next rkllm_run), which rkllm-cffi does not use. Runs are stopped with rkllm_abort. Output

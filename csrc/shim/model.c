@@ -3,20 +3,31 @@
  *
  * Threads: the runtime calls back on its own thread (the "producer"); rkllm_run itself is
  * called on a runner thread the shim starts per generation; Python pulls batches (the
- * "consumer") with the GIL released; any thread may abort, end or close. One mutex guards
- * the state below; the callback only copies bytes into a buffer under it.
+ * "consumer", one thread at a time) with the GIL released; any thread may abort, end or
+ * close. One mutex guards the session state; the tokens themselves go through a
+ * single-producer / single-consumer ring that takes no lock on the common path.
+ *
+ * The ring: the callback appends a token (its text, made valid UTF-8, and its id) and
+ * publishes it with one atomic store; the consumer copies everything published into its own
+ * batch buffers and hands them to Python. Nobody sleeps or signals while both keep up: the
+ * consumer spins a few microseconds when the ring is empty, then sleeps on a condition
+ * variable after saying so in `wake`, and only then does the producer take the lock to wake
+ * it (the same for the eventfd: it is written only when an event loop waits on it).
  *
  * Lifetime (a small state machine, so close from another thread is never a use-after-free):
  * open -> [session: start .. end]* -> closing -> closed -> free. close waits for the runner
  * and for any short runtime call in progress before rkllm_destroy; the struct itself lives
  * until rkshim_model_free, which Python calls when its last reference goes.
  *
- * Back-pressure: the producer buffer holds at most MAX_BATCH_TOKENS tokens / MAX_BATCH_TEXT
- * bytes; when the consumer does not drain, the callback waits (the runtime pauses) until it
- * does, or until the run is cancelled. Memory never grows without bound.
+ * Back-pressure: the ring holds at most RING_TOKENS tokens / RING_TEXT bytes (one token
+ * longer than BIG_TEXT travels in its own allocation, one at a time); when the consumer does
+ * not drain, the callback waits (the runtime pauses) until it does, or until the run is
+ * cancelled. Memory never grows without bound.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +37,20 @@
 
 #include "internal.h"
 
-#define MAX_BATCH_TOKENS 65536
-#define MAX_BATCH_TEXT (4u << 20)
+#define RING_TOKENS 16384u         /* power of two */
+#define RING_TEXT (256u << 10)     /* power of two */
+#define BIG_TEXT (RING_TEXT / 4)   /* longer texts go in their own allocation */
+#define SPIN_NS 5000               /* how long an empty-handed consumer spins before sleeping */
 #define ABORT_REPEAT_MS 20
+
+enum { WAKE_COND = 1, WAKE_FD = 2 }; /* what the consumer waits on (bits of `wake`) */
+
+typedef struct {
+    uint32_t bytes;     /* text bytes in the ring (or in big) */
+    uint32_t chars;     /* code points in them */
+    int32_t id;
+    char *big;          /* a text longer than BIG_TEXT, owned by the entry; else NULL */
+} ring_entry;
 
 struct rkshim_model {
     rkshim_runtime *rt;
@@ -36,29 +58,25 @@ struct rkshim_model {
     pthread_mutex_t lock;
     pthread_cond_t data_cond;  /* consumer: data, done, closing */
     pthread_cond_t state_cond; /* producer space, run done, op finished, closed */
-    int event_fd;              /* -1 until someone asks for it */
+    _Atomic int event_fd;      /* -1 until someone asks for it */
 
-    int closing, closed;
+    _Atomic int closing, closed;
     int op_active;             /* a short runtime call (clear_kv_cache, ...) is running */
-    int session;               /* start() .. end() */
+    _Atomic int session;       /* start() .. end() */
     unsigned long gen;         /* which session: bumped by every start() */
     int orphaned;              /* end() gave up waiting: the next start/op/close finishes it */
     int in_run;                /* the runner is inside rkllm_run */
-    int run_done;              /* the runner has returned */
+    _Atomic int run_done;      /* the runner has returned */
     int runner_live, join_claimed;
     pthread_t runner;
 
-    int stop_wanted;           /* drop further output and ask the runtime to stop */
-    int cancelled, limit_hit, abort_sent, terminal;
+    _Atomic int stop_wanted;   /* drop further output and ask the runtime to stop */
+    int cancelled, limit_hit, terminal;
+    _Atomic int abort_sent;
     int aborters;              /* helper threads inside rkllm_abort */
-    int consumer_waiting, producer_waiting;
-
-    rkshim_buf bufs[2];
-    int prod;                  /* index of the producer's buffer; the other is the consumer's */
-    unsigned char pending[4];  /* bytes of a character not complete yet */
-    int pending_len;
 
     rkshim_job *job;
+    int generate_mode;         /* the job generates text (no arrays to keep) */
     int32_t max_tokens;
     rkshim_outcome outcome;
     double t_start, t_first, t_last;
@@ -68,6 +86,31 @@ struct rkshim_model {
 
     void *kept[8];             /* what rkllm_init may keep pointers to (rkshim_model_keep) */
     int n_kept;
+
+    /* ---- the ring (allocated with the model) ---- */
+    ring_entry *entries;       /* RING_TOKENS */
+    char *text;                /* RING_TEXT */
+    /* shared, each on its own cache line */
+    _Alignas(64) _Atomic uint32_t head;      /* entries published (producer) */
+    _Alignas(64) _Atomic uint32_t tail;      /* entries consumed (consumer) */
+    _Atomic uint32_t text_tail;              /* text bytes consumed */
+    _Alignas(64) _Atomic int wake;           /* WAKE_* the consumer waits on */
+    _Atomic int producer_waiting;            /* the callback waits for room */
+    _Atomic int fd_signalled;                /* the eventfd was written since the last reset */
+    /* the producer's own */
+    _Alignas(64) uint32_t p_head, p_text_head, p_tail_seen, p_text_tail_seen;
+    _Atomic int32_t p_tokens;                /* tokens delivered in this run */
+    unsigned char pending[4];                /* bytes of a character not complete yet */
+    int pending_len;
+    char *scratch;                           /* for a text too long for the stack */
+    size_t scratch_cap;
+    /* the consumer's own: the batch handed to Python (valid until the next pull) */
+    _Alignas(64) _Atomic int consuming;      /* a thread is inside pull */
+    uint32_t c_text_tail;
+    char *c_text;
+    size_t c_text_cap;
+    uint32_t *c_ends;                        /* RING_TOKENS */
+    int32_t *c_ids;                          /* RING_TOKENS */
 };
 
 void *rkshim_model_keep(rkshim_model *m, const void *data, size_t size) {
@@ -95,55 +138,36 @@ static void deadline_after(struct timespec *ts, int ms) {
     }
 }
 
-/* ---- the result queue ------------------------------------------------------------------ */
-
-static int buf_reserve(rkshim_buf *b, size_t text_more) {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 1024;
-        uint32_t *ends = realloc(b->ends, cap * sizeof *ends);
-        if (!ends) return -1;
-        b->ends = ends;
-        int32_t *ids = realloc(b->ids, cap * sizeof *ids);
-        if (!ids) return -1;
-        b->ids = ids;
-        b->cap = cap;
-    }
-    if (b->text_len + text_more > b->text_cap) {
-        size_t cap = b->text_cap ? b->text_cap : 16384;
-        while (cap < b->text_len + text_more) cap *= 2;
-        char *text = realloc(b->text, cap);
-        if (!text) return -1;
-        b->text = text;
-        b->text_cap = cap;
-    }
-    return 0;
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || (defined(__arm__) && __ARM_ARCH >= 7)
+    __asm__ __volatile__("yield");
+#endif
 }
 
-static void buf_reset(rkshim_buf *b) {
-    b->text_len = 0;
-    b->n = 0;
-    b->n_codepoints = 0;
+/* ---- UTF-8 ----------------------------------------------------------------------------- */
+
+static size_t put_replacement(char *dst, uint32_t *chars) {
+    memcpy(dst, "\xEF\xBF\xBD", 3);
+    ++*chars;
+    return 3;
 }
 
-static void put_replacement(rkshim_buf *b) {
-    memcpy(b->text + b->text_len, "\xEF\xBF\xBD", 3);
-    b->text_len += 3;
-    b->n_codepoints++;
-}
-
-/* Appends the complete, valid characters of s to b (invalid bytes become U+FFFD, as
- * Python's "replace" would); a character cut at the end goes to pending. b must have room
- * for 3 * len bytes. */
-static void utf8_take(rkshim_model *m, rkshim_buf *b, const unsigned char *s, size_t len) {
-    size_t i = 0;
+/* Writes the complete, valid characters of s to dst (invalid bytes become U+FFFD, as
+ * Python's "replace" would); a character cut at the end goes to pending. dst must have room
+ * for 3 * len bytes. Returns the bytes written; adds the code points to *chars. */
+static size_t utf8_take(rkshim_model *m, char *dst, const unsigned char *s, size_t len,
+                        uint32_t *chars) {
+    size_t i = 0, o = 0;
     while (i < len) {
         unsigned c = s[i];
         if (c < 0x80) {
             size_t j = i + 1;
             while (j < len && s[j] < 0x80) j++;
-            memcpy(b->text + b->text_len, s + i, j - i);
-            b->text_len += j - i;
-            b->n_codepoints += (uint32_t)(j - i);
+            memcpy(dst + o, s + i, j - i);
+            o += j - i;
+            *chars += (uint32_t)(j - i);
             i = j;
             continue;
         }
@@ -157,7 +181,7 @@ static void utf8_take(rkshim_model *m, rkshim_buf *b, const unsigned char *s, si
         else if (c == 0xF4) { need = 3; hi = 0x8F; }
         else if (c >= 0xF1 && c <= 0xF3) need = 3;
         else {
-            put_replacement(b);
+            o += put_replacement(dst + o, chars);
             i++;
             continue;
         }
@@ -167,47 +191,166 @@ static void utf8_take(rkshim_model *m, rkshim_buf *b, const unsigned char *s, si
             if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xBF)) break;
         }
         if (k > need) { /* complete */
-            memcpy(b->text + b->text_len, s + i, need + 1);
-            b->text_len += need + 1;
-            b->n_codepoints++;
+            memcpy(dst + o, s + i, need + 1);
+            o += need + 1;
+            ++*chars;
             i += need + 1;
         } else if (i + k == len) { /* valid so far, cut by the end of this piece */
             m->pending_len = (int)(len - i);
             memcpy(m->pending, s + i, len - i);
-            return;
+            break;
         } else { /* broken sequence: one replacement for the valid prefix */
-            put_replacement(b);
+            o += put_replacement(dst + o, chars);
             i += k;
         }
     }
+    return o;
 }
 
-static void feed_text(rkshim_model *m, rkshim_buf *b, const char *text, size_t len) {
-    if (m->pending_len == 0) {
-        utf8_take(m, b, (const unsigned char *)text, len);
-        return;
+/* ---- the result queue: producer side (the runtime's thread) ---------------------------- */
+
+static void write_event_fd(rkshim_model *m) {
+    int fd = atomic_load(&m->event_fd);
+    if (fd < 0) return;
+    uint64_t one = 1;
+    ssize_t w = write(fd, &one, sizeof one);
+    (void)w;
+    atomic_store(&m->fd_signalled, 1);
+}
+
+/* Wakes the consumer if it said it waits (any thread, without the lock). */
+static void wake_consumer(rkshim_model *m) {
+    if (!atomic_load(&m->wake)) return;
+    int w = atomic_exchange(&m->wake, 0);
+    if (w & WAKE_FD) write_event_fd(m);
+    if (w & WAKE_COND) {
+        pthread_mutex_lock(&m->lock);
+        pthread_cond_signal(&m->data_cond);
+        pthread_mutex_unlock(&m->lock);
     }
-    unsigned char small[256];
+}
+
+/* The same with the lock held. */
+static void wake_consumer_locked(rkshim_model *m) {
+    int w = atomic_exchange(&m->wake, 0);
+    if (w & WAKE_FD) write_event_fd(m);
+    pthread_cond_broadcast(&m->data_cond);
+}
+
+/* Is there room for one entry and text bytes of text (or, for a big text, is the ring
+ * empty)? Re-reads the consumer's position only when the last one seen is not enough. */
+static int has_room(rkshim_model *m, uint32_t text, int big) {
+    for (int fresh = 0;; fresh = 1) {
+        uint32_t used = m->p_head - m->p_tail_seen;
+        if (big ? used == 0
+                : used < RING_TOKENS && m->p_text_head - m->p_text_tail_seen + text <= RING_TEXT)
+            return 1;
+        if (fresh) return 0;
+        m->p_tail_seen = atomic_load(&m->tail);
+        m->p_text_tail_seen = atomic_load(&m->text_tail);
+    }
+}
+
+/* Waits for room; 0 when there is some, -1 when the run is being stopped. */
+static int wait_room(rkshim_model *m, uint32_t text, int big) {
+    pthread_mutex_lock(&m->lock);
+    atomic_store(&m->producer_waiting, 1);
+    int ok;
+    while (!(ok = has_room(m, text, big)) && !m->stop_wanted && !m->closing)
+        pthread_cond_wait(&m->state_cond, &m->lock);
+    atomic_store(&m->producer_waiting, 0);
+    pthread_mutex_unlock(&m->lock);
+    return ok && !m->stop_wanted && !m->closing ? 0 : -1;
+}
+
+/* Appends one token (text already valid UTF-8) and publishes it; -1 if it was dropped. */
+static int push(rkshim_model *m, const char *text, uint32_t bytes, uint32_t chars, int32_t id) {
+    int big = bytes > BIG_TEXT;
+    uint32_t in_ring = big ? 0 : bytes;
+    if (!has_room(m, in_ring, big) && wait_room(m, in_ring, big) != 0) return -1;
+    ring_entry *e = &m->entries[m->p_head & (RING_TOKENS - 1)];
+    e->bytes = bytes;
+    e->chars = chars;
+    e->id = id;
+    e->big = NULL;
+    if (big) {
+        e->big = malloc(bytes);
+        if (e->big) memcpy(e->big, text, bytes);
+        else e->bytes = e->chars = 0; /* out of memory: this token's text is lost */
+    } else if (bytes) {
+        uint32_t at = m->p_text_head & (RING_TEXT - 1), first = RING_TEXT - at;
+        if (first > bytes) first = bytes;
+        memcpy(m->text + at, text, first);
+        memcpy(m->text, text + first, bytes - first);
+        m->p_text_head += bytes;
+    }
+    m->p_head++;
+    atomic_store(&m->head, m->p_head); /* publish; seq_cst: ordered before reading wake */
+    wake_consumer(m);
+    return 0;
+}
+
+/* Makes text valid UTF-8 (with the bytes held back from the last token) and pushes it. */
+static int push_text(rkshim_model *m, const char *text, size_t len, int32_t id) {
+    unsigned char joined_small[256];
+    char out_small[3 * sizeof joined_small];
     size_t total = (size_t)m->pending_len + len;
-    unsigned char *tmp = total <= sizeof small ? small : malloc(total);
-    if (!tmp) {
-        m->pending_len = 0;
-        utf8_take(m, b, (const unsigned char *)text, len);
-        return;
+    const unsigned char *src = (const unsigned char *)text;
+    unsigned char *joined = joined_small;
+    char *out = out_small;
+    if (total > sizeof joined_small) { /* rare: one scratch allocation, kept and reused */
+        size_t need = total + 3 * total;
+        if (need > m->scratch_cap) {
+            char *s = realloc(m->scratch, need);
+            if (!s) {
+                m->pending_len = 0;
+                return push(m, "", 0, 0, id); /* out of memory: the token, without its text */
+            }
+            m->scratch = s;
+            m->scratch_cap = need;
+        }
+        joined = (unsigned char *)m->scratch;
+        out = m->scratch + total;
     }
-    memcpy(tmp, m->pending, (size_t)m->pending_len);
-    memcpy(tmp + m->pending_len, text, len);
-    m->pending_len = 0;
-    utf8_take(m, b, tmp, total);
-    if (tmp != small) free(tmp);
+    if (m->pending_len) {
+        memcpy(joined, m->pending, (size_t)m->pending_len);
+        memcpy(joined + m->pending_len, text, len);
+        m->pending_len = 0;
+        src = joined;
+    }
+    uint32_t chars = 0;
+    size_t bytes = utf8_take(m, out, src, total, &chars);
+    if (bytes > UINT32_MAX / 2) bytes = 0, chars = 0; /* a text of gigabytes: not shown */
+    return push(m, out, (uint32_t)bytes, chars, id);
 }
 
-static void notify_consumer(rkshim_model *m) {
-    if (m->consumer_waiting) pthread_cond_signal(&m->data_cond);
-    if (m->event_fd >= 0) {
-        uint64_t one = 1;
-        ssize_t w = write(m->event_fd, &one, sizeof one);
-        (void)w;
+/* With the lock held: the token limit is reached; the consumer sends the abort. */
+static void hit_limit_locked(rkshim_model *m) {
+    m->limit_hit = 1;
+    m->stop_wanted = 1;
+    wake_consumer_locked(m);
+}
+
+static void deliver_token(rkshim_model *m, const char *text, int32_t id) {
+    if (m->stop_wanted || m->closing) return; /* output after a stop is dropped */
+    int32_t n = atomic_load_explicit(&m->p_tokens, memory_order_relaxed);
+    if (m->max_tokens >= 0 && n >= m->max_tokens) {
+        pthread_mutex_lock(&m->lock);
+        hit_limit_locked(m);
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
+    if (n == 0) {
+        pthread_mutex_lock(&m->lock);
+        m->t_first = now_ms();
+        pthread_mutex_unlock(&m->lock);
+    }
+    if (push_text(m, text ? text : "", text ? strlen(text) : 0, id) != 0) return;
+    atomic_store_explicit(&m->p_tokens, ++n, memory_order_relaxed);
+    if (m->max_tokens >= 0 && n >= m->max_tokens) {
+        pthread_mutex_lock(&m->lock);
+        hit_limit_locked(m);
+        pthread_mutex_unlock(&m->lock);
     }
 }
 
@@ -224,10 +367,28 @@ static void keep_array(rkshim_model *m, int kind, const float *data, int rows, i
 
 int rkshim_deliver(rkshim_model *m, const rkshim_event *ev) {
     if (!m) return 0;
+    int is_token = ev->kind == EV_TOKEN || ev->kind == EV_WAITING;
+    if (is_token && m->generate_mode) { /* the common path: no lock */
+        deliver_token(m, ev->text, ev->token_id);
+        return 0;
+    }
+    if (ev->kind == EV_FINISH || ev->kind == EV_ERROR) {
+        /* the run ended inside a character: a run the shim stopped drops it; one the
+         * runtime ended there shows it as U+FFFD (a piece that is not a token) */
+        if (m->pending_len) {
+            m->pending_len = 0;
+            if (!m->stop_wanted && !m->closing) {
+                char rep[3];
+                uint32_t chars = 0;
+                push(m, rep, (uint32_t)put_replacement(rep, &chars), chars, -1);
+            }
+        }
+    }
     pthread_mutex_lock(&m->lock);
     int mode = m->job ? m->job->a.mode : RKSHIM_MODE_GENERATE;
     if (ev->kind == EV_FINISH || ev->kind == EV_ERROR) {
         m->terminal = ev->kind == EV_FINISH ? RKSHIM_RUN_FINISHED : RKSHIM_RUN_ERROR;
+        m->t_last = now_ms();
         if (ev->has_perf) {
             m->outcome.perf_source = 1;
             m->outcome.prefill_ms = ev->prefill_ms;
@@ -241,54 +402,105 @@ int rkshim_deliver(rkshim_model *m, const rkshim_event *ev) {
         keep_array(m, RKSHIM_MODE_HIDDEN, ev->hidden, ev->hidden_rows, ev->hidden_cols);
     if (mode == RKSHIM_MODE_LOGITS)
         keep_array(m, RKSHIM_MODE_LOGITS, ev->logits, ev->logits_rows, ev->logits_cols);
-    if (ev->kind != EV_TOKEN && ev->kind != EV_WAITING) {
-        pthread_mutex_unlock(&m->lock);
-        return 0;
-    }
-    if (m->stop_wanted) {
-        pthread_mutex_unlock(&m->lock);
-        return 0;
-    }
-    if (m->max_tokens >= 0 && m->outcome.n_tokens >= m->max_tokens) {
-        m->limit_hit = m->stop_wanted = 1;
-        notify_consumer(m); /* the consumer sends the abort */
-        pthread_mutex_unlock(&m->lock);
-        return 0;
-    }
-    size_t len = ev->text ? strlen(ev->text) : 0;
-    rkshim_buf *b = &m->bufs[m->prod];
-    /* back-pressure: wait for the consumer when the batch is full */
-    while ((b->n >= MAX_BATCH_TOKENS ||
-            (b->text_len > 0 && b->text_len + 3 * (len + 4) > MAX_BATCH_TEXT)) &&
-           !m->stop_wanted && !m->closing) {
-        m->producer_waiting++;
-        pthread_cond_wait(&m->state_cond, &m->lock);
-        m->producer_waiting--;
-        b = &m->bufs[m->prod];
-    }
-    if (m->stop_wanted || m->closing) {
-        pthread_mutex_unlock(&m->lock);
-        return 0;
-    }
-    if (buf_reserve(b, 3 * (len + 4)) != 0) {
-        pthread_mutex_unlock(&m->lock);
-        return 0; /* out of memory: this token's text is lost, the run goes on */
-    }
-    int was_empty = b->n == 0;
-    m->t_last = now_ms();
-    if (m->outcome.n_tokens == 0) m->t_first = m->t_last;
-    if (len) feed_text(m, b, ev->text, len);
-    b->ends[b->n] = b->n_codepoints;
-    b->ids[b->n] = ev->token_id;
-    b->n++;
-    m->outcome.n_tokens++;
-    if (was_empty) notify_consumer(m);
-    if (m->max_tokens >= 0 && m->outcome.n_tokens >= m->max_tokens) {
-        m->limit_hit = m->stop_wanted = 1; /* the consumer sends the abort */
-        notify_consumer(m);
-    }
     pthread_mutex_unlock(&m->lock);
+    if (is_token) deliver_token(m, ev->text, ev->token_id);
     return 0;
+}
+
+/* ---- the result queue: consumer side (Python, GIL released) ----------------------------- */
+
+/* Copies every published token into the consumer's batch buffers; returns how many. */
+static size_t take(rkshim_model *m, rkshim_batch *out) {
+    uint32_t head = atomic_load_explicit(&m->head, memory_order_acquire);
+    uint32_t tail = atomic_load_explicit(&m->tail, memory_order_relaxed);
+    uint32_t n = head - tail;
+    if (!n) return 0;
+    size_t text_bytes = 0, ring_bytes = 0;
+    int any_big = 0;
+    for (uint32_t i = tail; i != head; i++) {
+        const ring_entry *e = &m->entries[i & (RING_TOKENS - 1)];
+        text_bytes += e->bytes;
+        if (e->big) any_big = 1;
+        else ring_bytes += e->bytes;
+    }
+    if (text_bytes + 1 > m->c_text_cap) {
+        size_t cap = m->c_text_cap * 2 > text_bytes + 1 ? m->c_text_cap * 2 : text_bytes + 1;
+        char *t = realloc(m->c_text, cap);
+        if (t) m->c_text = t, m->c_text_cap = cap;
+    }
+    int fits = text_bytes + 1 <= m->c_text_cap; /* else (out of memory): tokens without text */
+    uint32_t at = m->c_text_tail;
+    size_t o = 0;
+    uint32_t chars = 0;
+    if (!any_big && fits && ring_bytes) { /* the common case: one or two copies */
+        uint32_t from = at & (RING_TEXT - 1), first = RING_TEXT - from;
+        if (first > ring_bytes) first = (uint32_t)ring_bytes;
+        memcpy(m->c_text, m->text + from, first);
+        memcpy(m->c_text + first, m->text, ring_bytes - first);
+        o = ring_bytes;
+        at += (uint32_t)ring_bytes;
+    }
+    for (uint32_t i = tail, k = 0; i != head; i++, k++) {
+        ring_entry *e = &m->entries[i & (RING_TOKENS - 1)];
+        if (any_big || !fits) {
+            if (e->big) {
+                if (fits) memcpy(m->c_text + o, e->big, e->bytes);
+                free(e->big);
+                e->big = NULL;
+            } else {
+                uint32_t from = at & (RING_TEXT - 1), first = RING_TEXT - from;
+                if (first > e->bytes) first = e->bytes;
+                if (fits) {
+                    memcpy(m->c_text + o, m->text + from, first);
+                    memcpy(m->c_text + o + first, m->text, e->bytes - first);
+                }
+                at += e->bytes;
+            }
+            if (fits) o += e->bytes;
+        }
+        if (fits) chars += e->chars;
+        m->c_ends[k] = chars;
+        m->c_ids[k] = e->id;
+    }
+    m->c_text_tail = at;
+    atomic_store(&m->text_tail, at);
+    atomic_store(&m->tail, head); /* seq_cst: ordered before reading producer_waiting */
+    if (atomic_load(&m->producer_waiting)) {
+        pthread_mutex_lock(&m->lock);
+        pthread_cond_broadcast(&m->state_cond);
+        pthread_mutex_unlock(&m->lock);
+    }
+    out->text = m->c_text;
+    out->text_len = o;
+    out->ends = m->c_ends;
+    out->token_ids = m->c_ids;
+    out->n_tokens = n;
+    return n;
+}
+
+/* Nothing to take, nothing to report: the consumer would have to wait. */
+static int idle(rkshim_model *m) {
+    return atomic_load(&m->head) == atomic_load_explicit(&m->tail, memory_order_relaxed) &&
+           !m->run_done && !m->closing && !m->closed && !(m->stop_wanted && !m->abort_sent);
+}
+
+/* With the lock held (start, free): empties the ring; no producer or consumer is active. */
+static void ring_reset(rkshim_model *m) {
+    uint32_t head = atomic_load(&m->head);
+    for (uint32_t i = atomic_load(&m->tail); i != head; i++) {
+        ring_entry *e = &m->entries[i & (RING_TOKENS - 1)];
+        free(e->big);
+        e->big = NULL;
+    }
+    atomic_store(&m->head, 0);
+    atomic_store(&m->tail, 0);
+    atomic_store(&m->text_tail, 0);
+    atomic_store(&m->wake, 0);
+    atomic_store(&m->producer_waiting, 0);
+    m->p_head = m->p_text_head = m->p_tail_seen = m->p_text_tail_seen = 0;
+    atomic_store(&m->p_tokens, 0);
+    m->pending_len = 0;
+    m->c_text_tail = 0;
 }
 
 /* ---- the runner ------------------------------------------------------------------------ */
@@ -304,20 +516,12 @@ static void *runner_main(void *arg) {
     pthread_mutex_lock(&m->lock);
     m->in_run = 0;
     double t_end = now_ms();
-    rkshim_buf *b = &m->bufs[m->prod];
-    if (m->pending_len) { /* the run ended inside a character */
-        m->pending_len = 0;
-        /* a run the shim stopped drops the partial character; one the runtime ended
-         * there shows it as U+FFFD */
-        if (!m->limit_hit && !m->cancelled && buf_reserve(b, 4) == 0) {
-            put_replacement(b);
-            b->ends[b->n] = b->n_codepoints;
-            b->ids[b->n] = -1;
-            b->n++;
-        }
-    }
+    /* (bytes held back from a character are flushed by the final callback, on the
+     * runtime's thread: this thread never writes to the ring) */
+    if (!m->terminal) m->t_last = t_end;
     rkshim_outcome *o = &m->outcome;
     o->runtime_rc = rc;
+    o->n_tokens = atomic_load(&m->p_tokens);
     if (m->terminal == RKSHIM_RUN_ERROR || (rc != 0 && !m->cancelled && !m->limit_hit))
         o->status = RKSHIM_RUN_ERROR;
     else if (m->limit_hit)
@@ -334,8 +538,8 @@ static void *runner_main(void *arg) {
         o->generate_tokens = o->n_tokens;
     }
     m->run_done = 1;
-    notify_consumer(m);
-    pthread_cond_broadcast(&m->data_cond);
+    wake_consumer_locked(m);
+    write_event_fd(m); /* the end is always signalled */
     pthread_cond_broadcast(&m->state_cond);
     pthread_mutex_unlock(&m->lock);
     return NULL;
@@ -418,8 +622,18 @@ int rkshim_model_open(rkshim_runtime *rt, const char *model_path, const rkshim_p
     rkshim_clear_error();
     *out = NULL;
     if (!rt || !model_path || !param) return rkshim_fail(RKSHIM_E_PARAM, "NULL argument");
-    rkshim_model *m = calloc(1, sizeof *m);
+    rkshim_model *m = aligned_alloc(64, (sizeof *m + 63) / 64 * 64);
     if (!m) return rkshim_fail(RKSHIM_E_NOMEM, "out of memory");
+    memset(m, 0, sizeof *m);
+    m->entries = malloc(RING_TOKENS * sizeof *m->entries);
+    m->text = malloc(RING_TEXT);
+    m->c_ends = malloc(RING_TOKENS * sizeof *m->c_ends);
+    m->c_ids = malloc(RING_TOKENS * sizeof *m->c_ids);
+    if (!m->entries || !m->text || !m->c_ends || !m->c_ids) {
+        free(m->entries); free(m->text); free(m->c_ends); free(m->c_ids);
+        free(m);
+        return rkshim_fail(RKSHIM_E_NOMEM, "out of memory");
+    }
     m->rt = rt;
     m->event_fd = -1;
     pthread_mutex_init(&m->lock, NULL);
@@ -464,7 +678,7 @@ int rkshim_model_close(rkshim_model *m) {
         return RKSHIM_OK;
     }
     m->closing = 1;
-    pthread_cond_broadcast(&m->data_cond);
+    wake_consumer_locked(m);
     pthread_cond_broadcast(&m->state_cond);
     int rc = stop_and_join(m, m->gen, 60000);
     if (rc != RKSHIM_OK) { /* destroying under a live run would crash: leak it instead */
@@ -496,11 +710,13 @@ void rkshim_model_free(rkshim_model *m) {
     int busy = m->aborters || (m->runner_live && !m->run_done);
     pthread_mutex_unlock(&m->lock);
     if (busy) return; /* a runtime that never stopped: leak rather than free under it */
-    for (int i = 0; i < 2; i++) {
-        free(m->bufs[i].text);
-        free(m->bufs[i].ends);
-        free(m->bufs[i].ids);
-    }
+    ring_reset(m);
+    free(m->entries);
+    free(m->text);
+    free(m->scratch);
+    free(m->c_text);
+    free(m->c_ends);
+    free(m->c_ids);
     for (int i = 0; i < 3; i++) free(m->arrays[i]);
     for (int i = 0; i < m->n_kept; i++) free(m->kept[i]);
     free(m->job);
@@ -595,9 +811,8 @@ int rkshim_model_start(rkshim_model *m, const rkshim_run_args *args) {
     }
     free(m->job);
     m->job = job;
-    buf_reset(&m->bufs[0]);
-    buf_reset(&m->bufs[1]);
-    m->pending_len = 0;
+    m->generate_mode = args->mode == RKSHIM_MODE_GENERATE;
+    ring_reset(m);
     m->stop_wanted = m->cancelled = m->limit_hit = m->abort_sent = m->terminal = 0;
     m->run_done = m->in_run = 0;
     m->max_tokens = args->max_new_tokens;
@@ -608,6 +823,7 @@ int rkshim_model_start(rkshim_model *m, const rkshim_run_args *args) {
         uint64_t v;
         ssize_t r = read(m->event_fd, &v, sizeof v);
         (void)r;
+        atomic_store(&m->fd_signalled, 0);
     }
     int err = pthread_create(&m->runner, NULL, runner_main, m);
     if (err != 0) {
@@ -622,53 +838,87 @@ int rkshim_model_start(rkshim_model *m, const rkshim_run_args *args) {
     return RKSHIM_OK;
 }
 
+/* Spins a few microseconds while the consumer would have to wait: at full rate the next
+ * token is a fraction of a microsecond away, and sleeping costs a wake-up on both sides.
+ * It looks at the ring only every few hundred nanoseconds: each look takes the cache line
+ * the producer writes for every token away from it. */
+static void spin(rkshim_model *m) {
+    static _Atomic long cpus;
+    if (!cpus) cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus <= 1) return;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (unsigned i = 1; idle(m); i++) {
+        for (int k = 0; k < 16; k++) cpu_relax();
+        if (!(i & 3)) {
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > SPIN_NS) return;
+        }
+    }
+}
+
+static int pull_inner(rkshim_model *m, rkshim_batch *out, int timeout_ms) {
+    struct timespec deadline;
+    int have_deadline = 0, spun = 0;
+    for (;;) {
+        if (m->closing || m->closed) return rkshim_fail(RKSHIM_E_CLOSED, "the model was closed");
+        if (!m->session) return rkshim_fail(RKSHIM_E_PARAM, "no generation in progress");
+        if (m->stop_wanted && !m->abort_sent) { /* e.g. the token limit was hit */
+            pthread_mutex_lock(&m->lock);
+            if (m->stop_wanted && !m->abort_sent && m->in_run) send_abort(m);
+            pthread_mutex_unlock(&m->lock);
+        }
+        int done = m->run_done; /* read first: everything published before it is taken */
+        if (take(m, out) || done) {
+            out->done = done;
+            return RKSHIM_OK;
+        }
+        if (timeout_ms == 0) return RKSHIM_OK;
+        if (!spun) {
+            spun = 1;
+            spin(m);
+            continue;
+        }
+        pthread_mutex_lock(&m->lock);
+        atomic_fetch_or(&m->wake, WAKE_COND); /* from here on the producer wakes us */
+        if (idle(m)) {
+            if (timeout_ms > 0 && !have_deadline) {
+                deadline_after(&deadline, timeout_ms);
+                have_deadline = 1;
+            }
+            int w = timeout_ms < 0 ? pthread_cond_wait(&m->data_cond, &m->lock)
+                                   : pthread_cond_timedwait(&m->data_cond, &m->lock, &deadline);
+            if (w == ETIMEDOUT) timeout_ms = 0; /* one last look */
+        }
+        atomic_fetch_and(&m->wake, ~WAKE_COND);
+        pthread_mutex_unlock(&m->lock);
+    }
+}
+
+static void reset_event_fd(rkshim_model *m) {
+    uint64_t v;
+    ssize_t r = read(m->event_fd, &v, sizeof v);
+    (void)r;
+}
+
 int rkshim_model_pull(rkshim_model *m, rkshim_batch *out, int timeout_ms) {
     memset(out, 0, sizeof *out);
-    pthread_mutex_lock(&m->lock);
-    struct timespec deadline;
-    if (timeout_ms > 0) deadline_after(&deadline, timeout_ms);
-    int rc = RKSHIM_OK;
-    for (;;) {
-        if (m->closing || m->closed) {
-            rc = rkshim_fail(RKSHIM_E_CLOSED, "the model was closed");
-            break;
+    if (atomic_exchange(&m->consuming, 1))
+        return rkshim_fail(RKSHIM_E_BUSY, "another thread is reading this generation");
+    int rc = pull_inner(m, out, timeout_ms);
+    if (rc == RKSHIM_OK && !out->done && m->event_fd >= 0) {
+        if (out->n_tokens) { /* consumed: unsignal (the end stays signalled) */
+            if (atomic_exchange(&m->fd_signalled, 0)) reset_event_fd(m);
+        } else if (timeout_ms == 0) {
+            /* an event loop is about to wait on the fd: reset it, ask the producer to
+             * write it, and look once more (something may have come in meanwhile) */
+            atomic_store(&m->fd_signalled, 0);
+            reset_event_fd(m);
+            atomic_fetch_or(&m->wake, WAKE_FD);
+            if (!idle(m)) wake_consumer(m);
         }
-        if (!m->session) {
-            rc = rkshim_fail(RKSHIM_E_PARAM, "no generation in progress");
-            break;
-        }
-        if (m->stop_wanted && !m->abort_sent && m->in_run)
-            send_abort(m); /* the token limit was hit */
-        rkshim_buf *p = &m->bufs[m->prod];
-        if (p->n > 0) {
-            m->prod ^= 1;
-            buf_reset(&m->bufs[m->prod]);
-            if (m->producer_waiting) pthread_cond_broadcast(&m->state_cond);
-            out->text = p->text;
-            out->text_len = p->text_len;
-            out->ends = p->ends;
-            out->token_ids = p->ids;
-            out->n_tokens = p->n;
-            out->done = m->run_done;
-            break;
-        }
-        if (m->run_done) {
-            out->done = 1;
-            break;
-        }
-        if (timeout_ms == 0) break;
-        m->consumer_waiting++;
-        int w = timeout_ms < 0 ? pthread_cond_wait(&m->data_cond, &m->lock)
-                               : pthread_cond_timedwait(&m->data_cond, &m->lock, &deadline);
-        m->consumer_waiting--;
-        if (w == ETIMEDOUT) timeout_ms = 0; /* one last look */
     }
-    if (m->event_fd >= 0 && rc == RKSHIM_OK && !m->run_done) { /* consumed: unsignal */
-        uint64_t v;
-        ssize_t r = read(m->event_fd, &v, sizeof v);
-        (void)r;
-    }
-    pthread_mutex_unlock(&m->lock);
+    atomic_store(&m->consuming, 0);
     return rc;
 }
 
@@ -711,7 +961,10 @@ int rkshim_model_end(rkshim_model *m, int timeout_ms, rkshim_outcome *out) {
 int rkshim_model_outcome(rkshim_model *m, rkshim_outcome *out) {
     pthread_mutex_lock(&m->lock);
     *out = m->outcome;
-    if (!m->run_done) out->status = RKSHIM_RUN_NONE;
+    if (!m->run_done) {
+        out->status = RKSHIM_RUN_NONE;
+        out->n_tokens = atomic_load(&m->p_tokens);
+    }
     pthread_mutex_unlock(&m->lock);
     return RKSHIM_OK;
 }
@@ -734,12 +987,11 @@ int rkshim_model_array(rkshim_model *m, int kind, const float **data, int *rows,
 int rkshim_model_event_fd(rkshim_model *m) {
     pthread_mutex_lock(&m->lock);
     if (m->event_fd < 0) {
-        m->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        rkshim_buf *p = &m->bufs[m->prod];
-        if (m->event_fd >= 0 && (p->n > 0 || m->run_done)) {
-            uint64_t one = 1;
-            ssize_t w = write(m->event_fd, &one, sizeof one);
-            (void)w;
+        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fd >= 0) {
+            m->event_fd = fd;
+            atomic_fetch_or(&m->wake, WAKE_FD); /* readable as soon as a pull would not block */
+            if (!idle(m)) wake_consumer_locked(m);
         }
     }
     int fd = m->event_fd;

@@ -172,7 +172,7 @@ typedef struct sim_handle {
     int has_job, running, quit, job_rc;
     int finishing;          /* the run is delivering its final callback */
     unsigned long done_seq;
-    volatile int abort_flag;
+    _Atomic int abort_flag;   /* set by rkllm_abort, read by the run every token */
     sim_job job;
     int users;              /* API calls in progress (registry) */
 } sim_handle;
