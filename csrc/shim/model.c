@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -136,14 +137,6 @@ static void deadline_after(struct timespec *ts, int ms) {
         ts->tv_sec++;
         ts->tv_nsec -= 1000000000L;
     }
-}
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__) || (defined(__arm__) && __ARM_ARCH >= 7)
-    __asm__ __volatile__("yield");
-#endif
 }
 
 /* ---- UTF-8 ----------------------------------------------------------------------------- */
@@ -840,8 +833,10 @@ int rkshim_model_start(rkshim_model *m, const rkshim_run_args *args) {
 
 /* Spins a few microseconds while the consumer would have to wait: at full rate the next
  * token is a fraction of a microsecond away, and sleeping costs a wake-up on both sides.
- * It looks at the ring only every few hundred nanoseconds: each look takes the cache line
- * the producer writes for every token away from it. */
+ * Each round yields the CPU: when the producer shares this CPU (a busy machine) it runs
+ * and fills the ring instead of being woken for every few tokens; on an idle CPU
+ * sched_yield returns at once, and the ring is looked at every few hundred nanoseconds
+ * (each look takes the cache line the producer writes for every token away from it). */
 static void spin(rkshim_model *m) {
     static _Atomic long cpus;
     if (!cpus) cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -849,7 +844,7 @@ static void spin(rkshim_model *m) {
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (unsigned i = 1; idle(m); i++) {
-        for (int k = 0; k < 16; k++) cpu_relax();
+        sched_yield();
         if (!(i & 3)) {
             clock_gettime(CLOCK_MONOTONIC, &t);
             if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > SPIN_NS) return;
