@@ -42,6 +42,7 @@
 #define RING_TEXT (256u << 10)     /* power of two */
 #define BIG_TEXT (RING_TEXT / 4)   /* longer texts go in their own allocation */
 #define SPIN_NS 5000               /* how long an empty-handed consumer spins before sleeping */
+#define SPIN_POLL_NS 1000          /* how often it looks meanwhile */
 #define ABORT_REPEAT_MS 20
 
 enum { WAKE_COND = 1, WAKE_FD = 2 }; /* what the consumer waits on (bits of `wake`) */
@@ -837,19 +838,23 @@ int rkshim_model_start(rkshim_model *m, const rkshim_run_args *args) {
  * and fills the ring instead of being woken for every few tokens; on an idle CPU
  * sched_yield returns at once, and the ring is looked at every few hundred nanoseconds
  * (each look takes the cache line the producer writes for every token away from it). */
+static int64_t mono_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
 static void spin(rkshim_model *m) {
     static _Atomic long cpus;
     if (!cpus) cpus = sysconf(_SC_NPROCESSORS_ONLN);
     if (cpus <= 1) return;
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (unsigned i = 1; idle(m); i++) {
+    int64_t start = mono_ns(), now = start;
+    do {
         sched_yield();
-        if (!(i & 3)) {
-            clock_gettime(CLOCK_MONOTONIC, &t);
-            if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > SPIN_NS) return;
+        for (int64_t look = now + SPIN_POLL_NS; (now = mono_ns()) < look;) {
         }
-    }
+        if (!idle(m)) return;
+    } while (now - start < SPIN_NS);
 }
 
 static int pull_inner(rkshim_model *m, rkshim_batch *out, int timeout_ms) {
