@@ -34,14 +34,14 @@ class build_ext_with_sim(build_ext):
         for family in SIM_FAMILIES:
             objects = self.compiler.compile(
                 SIM_SOURCES,
-                output_dir=os.path.join(self.build_temp, "sim-" + family),
-                macros=[("RKLLM_SIM_FAMILY", '"%s"' % family)],
+                output_dir=os.path.join(self.build_temp, f"sim-{family}"),
+                macros=[("RKLLM_SIM_FAMILY", f'"{family}"')],
                 include_dirs=[os.path.join("include", family), os.path.join("csrc", "sim")],
                 extra_postargs=["-std=gnu11", "-O2", "-fPIC", "-fvisibility=hidden", "-pthread"],
             )
             self.compiler.link_shared_object(
                 objects,
-                "librkllmrt-sim-%s.so" % family,
+                f"librkllmrt-sim-{family}.so",
                 output_dir=out_dir,
                 libraries=["m", "pthread"],
                 extra_postargs=["-pthread"],

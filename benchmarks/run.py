@@ -32,8 +32,8 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import cside
-import peers
+import cside  # noqa: E402  (after the sys.path insert above)
+import peers  # noqa: E402
 
 FAMILY = "1.2.1"
 PROMPT = "Tell me about the river and the old stone bridge."
@@ -283,7 +283,7 @@ def detect_rkllm() -> tuple[Any, list[str]]:
     import inspect
 
     if "chunked" in inspect.signature(llm_cls.generate).parameters:
-        CHUNKED_FORM = lambda llm, p, n: llm.generate(p, max_new_tokens=n, chunked=True)
+        CHUNKED_FORM = lambda llm, p, n: llm.generate(p, max_new_tokens=n, chunked=True)  # noqa: E731
         notes.append("chunked form: LLM.generate(..., chunked=True)")
     else:
         notes.append("no chunked form found on rkllm.LLM")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 #: ABI families, oldest first, with the releases each covers (the newest is what the
 #: simulated runtime of that family reports).

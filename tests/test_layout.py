@@ -13,13 +13,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Union
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-Field = tuple[str, Union[str, tuple]]  # (name, type); type: a scalar, a struct name,
+Field = tuple[str, str | tuple]  # (name, type); type: a scalar, a struct name,
 # ("struct"|"union", [fields]) for an anonymous/inline aggregate, or ("array", scalar, n)
 
 _ext_110: list[Field] = [("base_domain_id", "i32"), ("reserved", ("array", "u8", 112))]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # verb group modules, in the order their verbs appear in --help
 VERB_MODULES = ("run", "chat", "models", "doctor", "sim", "runtime")
@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run large language models on Rockchip NPUs through the RKLLM runtime.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--version", action="store_true", help="print the package version")
+    parser.add_argument("--version", action="store_true", dest="show_version",
+                        help="print the package version")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in VERB_MODULES:
         try:
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.version:
+    if args.show_version:
         from importlib.metadata import version
         print(f"rkllm-cffi {version('rkllm-cffi')}")
         return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Sequence
+from collections.abc import Sequence
+from typing import IO
 
 from rkllm.errors import RKLLMError
 
@@ -15,9 +16,10 @@ def use_colour(stream: IO[str]) -> bool:
     return stream.isatty()
 
 
-def paint(text: str, colour: str, stream: IO[str] = sys.stdout) -> str:
+def paint(text: str, colour: str, stream: IO[str] | None = None) -> str:
+    """``text`` in ``colour`` when ``stream`` (default: the current sys.stdout) is a terminal."""
     codes = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "bold": "1", "dim": "2"}
-    if not use_colour(stream):
+    if not use_colour(stream or sys.stdout):
         return text
     return f"\033[{codes[colour]}m{text}\033[0m"
 
@@ -31,7 +33,9 @@ def human_size(n: int | float) -> str:
     raise AssertionError("unreachable")
 
 
-def table(rows: Sequence[Sequence[str]], headers: Sequence[str], stream: IO[str] = sys.stdout) -> None:
+def table(rows: Sequence[Sequence[str]], headers: Sequence[str],
+          stream: IO[str] | None = None) -> None:
+    stream = stream or sys.stdout
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row)]
