@@ -218,9 +218,12 @@ static void wake_consumer(rkshim_model *m) {
     int w = atomic_exchange(&m->wake, 0);
     if (w & WAKE_FD) write_event_fd(m);
     if (w & WAKE_COND) {
+        /* the consumer armed WAKE_COND with the lock held and holds it until it waits:
+         * once we had the lock, it waits; signalled after unlocking, it does not wake up
+         * only to block on the lock we hold */
         pthread_mutex_lock(&m->lock);
-        pthread_cond_signal(&m->data_cond);
         pthread_mutex_unlock(&m->lock);
+        pthread_cond_signal(&m->data_cond);
     }
 }
 
