@@ -48,6 +48,18 @@ def test_prompt_from_stdin_equals_the_argument() -> None:
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
 
 
+def test_prompt_words_may_follow_the_options() -> None:
+    """As with `ollama run`: the prompt may be several words, before or after the options."""
+    a = _run("demo", PROMPT, "-n", "15", "--top-k", "1", RKLLM_SIM_QUIET="1")
+    b = _run("demo", "-n", "15", "--top-k", "1", *PROMPT.split(), RKLLM_SIM_QUIET="1")
+    c = _run("demo", "Tell", "me", "-n", "15", "about", "--top-k", "1", "the", "sea.",
+             RKLLM_SIM_QUIET="1")
+    assert a.returncode == b.returncode == c.returncode == 0, b.stderr + c.stderr
+    assert a.stdout == b.stdout == c.stdout
+    r = _run("demo", "-n", "5", "--no-such-option", "x")
+    assert r.returncode == 2 and "unrecognized arguments: --no-such-option" in r.stderr
+
+
 def test_simulator_is_the_default_without_a_runtime() -> None:
     if any(os.path.exists(p) for p in ("/usr/lib/librkllmrt.so", "/usr/local/lib/librkllmrt.so")):
         pytest.skip("a runtime is installed on this machine")

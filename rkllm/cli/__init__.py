@@ -40,7 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rkllm.cli.output import fail
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # words of a free-text PROMPT that came after the options (`rkllm run demo -n 9 hi`)
+        if isinstance(getattr(args, "prompt", None), list) and not any(
+                word.startswith("-") for word in extra):
+            args.prompt += extra
+        else:
+            parser.error("unrecognized arguments: " + " ".join(extra))
     if args.show_version:
         from importlib.metadata import version
         print(f"rkllm-cffi {version('rkllm-cffi')}")

@@ -34,8 +34,9 @@ def register(sub: Any) -> None:
                     "the simulated demo model. Without a real RKLLM runtime on this machine, "
                     "the simulated runtime is used (and said so on stderr).")
     p.add_argument("model", metavar="MODEL", help="a .rkllm file, REPO[:FILE], or 'demo'")
-    p.add_argument("prompt", metavar="PROMPT", nargs="?",
-                   help="the prompt (default: read from standard input)")
+    p.add_argument("prompt", metavar="PROMPT", nargs="*",
+                   help="the prompt, in one argument or several words, before or after the "
+                        "options (default: read from standard input)")
     p.add_argument("-n", "--max-new-tokens", type=int, default=None,
                    help="stop after this many tokens (default: the model's limit)")
     for flag, _, kind, text in SAMPLING_OPTIONS:
@@ -88,8 +89,8 @@ def _choose_runtime(args: argparse.Namespace) -> Any:
 
 
 def _read_prompt(args: argparse.Namespace) -> str:
-    if args.prompt is not None:
-        return str(args.prompt)
+    if args.prompt:
+        return " ".join(args.prompt)
     if sys.stdin.isatty():
         print("(type the prompt, then Ctrl-D)", file=sys.stderr, flush=True)
     return sys.stdin.read().rstrip("\n")
