@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +60,24 @@ def test_prompt_words_may_follow_the_options() -> None:
     assert a.stdout == b.stdout == c.stdout
     r = _run("demo", "-n", "5", "--no-such-option", "x")
     assert r.returncode == 2 and "unrecognized arguments: --no-such-option" in r.stderr
+
+
+@pytest.mark.parametrize("family", ["1.1.0", "1.3.0"])
+def test_system_prompt_goes_through_the_chat_template(family: str, tmp_path: Path) -> None:
+    """--system reaches the runtime inside the model's template: as its system part
+    (rkllm_set_chat_template, 1.2.0+), or rendered into the prompt (1.1.x has no template)."""
+    trace = tmp_path / "trace.jsonl"
+    r = _run("--runtime", f"sim:{family}", "--system", "You are a pirate.", "demo", "Hello",
+             "-n", "5", RKLLM_SIM_QUIET="1", RKLLM_SIM_TRACE=str(trace))
+    assert r.returncode == 0, r.stderr
+    calls = [json.loads(line) for line in trace.read_text().splitlines()]
+    system_part = "<|im_start|>system\nYou are a pirate.<|im_end|>\n"
+    if family == "1.1.0":
+        prompt = next(c for c in calls if c["call"] == "rkllm_run")["args"]["rkllm_input"]
+        assert prompt["prompt_input"].startswith(system_part + "<|im_start|>user\nHello")
+    else:
+        template = next(c for c in calls if c["call"] == "rkllm_set_chat_template")["args"]
+        assert template["system_prompt"] == system_part
 
 
 def test_simulator_is_the_default_without_a_runtime() -> None:

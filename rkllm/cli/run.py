@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
                    help="stop after this many tokens (default: the model's limit)")
     for flag, _, kind, text in SAMPLING_OPTIONS:
         p.add_argument(flag, type=kind, default=None, help=text)
-    p.add_argument("--system", help="instructions placed before the prompt")
+    p.add_argument("--system", help="the system prompt (applied through the model's chat template)")
     p.add_argument("--show-special", action="store_true",
                    help="print special tokens such as <|im_end|> (hidden by default)")
     p.add_argument("--runtime", metavar="LIB",
@@ -130,8 +130,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ParamError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     path = _resolve_model(args.model)
     prompt = _read_prompt(args)
-    if args.system:
-        prompt = f"{args.system}\n\n{prompt}"
     params: dict[str, Any] = {name: getattr(args, name) for _, name, _, _ in SAMPLING_OPTIONS
                               if getattr(args, name) is not None}
     params["skip_special_token"] = not args.show_special
@@ -139,7 +137,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     with rkllm.LLM(path, runtime=runtime.path, abi=args.abi, params=params) as llm:
         loaded = time.perf_counter()
         out = sys.stdout
-        stream = llm.generate(prompt, max_new_tokens=args.max_new_tokens)
+        if args.system:
+            # the system prompt goes through the model's chat template, as in `rkllm chat`
+            from rkllm.chat import ChatSession
+
+            stream: Any = ChatSession(llm, args.system).send(
+                prompt, max_new_tokens=args.max_new_tokens)
+        else:
+            stream = llm.generate(prompt, max_new_tokens=args.max_new_tokens)
         for piece in stream:
             out.write(piece)
             out.flush()
