@@ -3,6 +3,8 @@
 # on the simulated runtime (or on the NPU, when a real runtime and model are given).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh >/dev/null
+log=$(mktemp)
+bash scripts/setup.sh >"$log" 2>&1 || { cat "$log"; exit 1; }
+rm -f "$log"
 if [ $# -eq 0 ]; then set -- demo "Tell me about the sea."; fi
 exec .venv/bin/rkllm run --verbose "$@"
