@@ -24,7 +24,8 @@ from rkllm.errors import (
     RuntimeNotFoundError,
     UnsupportedRuntimeError,
 )
-from rkllm.llm import LLM, load_runtime
+from rkllm.llm import LLM
+from rkllm.runtime_finder import load_runtime
 from rkllm.stream import Perf, Result, Stream, Tensor
 
 __version__ = "0.1.0"

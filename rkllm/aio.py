@@ -22,7 +22,7 @@ from collections import deque
 from typing import Any
 
 from rkllm import _lowlevel as ll
-from rkllm.llm import LLM
+from rkllm.core import CoreLLM as LLM
 from rkllm.stream import INTERRUPT_WAIT_MS, Perf, Result, Stream
 
 __all__ = ["AsyncStream", "acomplete", "agenerate"]

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 from rkllm import params as P
+from rkllm.core import CoreLLM as LLM
 from rkllm.errors import ParamError, RKLLMError
-from rkllm.llm import LLM
 from rkllm.stream import Perf, Stream
 
 __all__ = [
