@@ -25,7 +25,7 @@ from rkllm.errors import (
     UnsupportedRuntimeError,
 )
 from rkllm.llm import LLM
-from rkllm.runtime_finder import load_runtime
+from rkllm.runtime_finder import find_runtime, load_runtime
 from rkllm.stream import Perf, Result, Stream, Tensor
 
 __version__ = "0.1.0"
@@ -35,10 +35,11 @@ _LAZY = {
     "ChatSession": ("rkllm.chat", "ChatSession"),
     "ChatTemplate": ("rkllm.chat", "ChatTemplate"),
     "create_chat_completion": ("rkllm.chat", "create_chat_completion"),
-    "inspect_model": ("rkllm.inspect", "inspect_model"),
-    "resolve_model": ("rkllm.models", "resolve_model"),
+    "inspect_model": ("rkllm.modelfile", "inspect_model"),
+    "resolve_model": ("rkllm.hub", "resolve_model"),
 }
-_SUBMODULES = ("aio", "chat", "sim", "inspect", "models", "doctor", "runtimes", "params")
+_SUBMODULES = ("aio", "chat", "sim", "modelfile", "hub", "doctor", "runtimes", "params",
+               "releases", "machine", "runtime_finder")
 
 
 def __getattr__(name: str) -> Any:
@@ -70,5 +71,6 @@ __all__ = [
     "Stream",
     "Tensor",
     "UnsupportedRuntimeError",
+    "find_runtime",
     "load_runtime",
 ]

@@ -90,7 +90,7 @@ class ChatTemplate:
         return "".join(out)
 
 
-#: Well-known templates, by the style name rkllm.inspect reports for real model files.
+#: Well-known templates, by the style name rkllm.modelfile reports for real model files.
 TEMPLATES: dict[str, ChatTemplate] = {
     "chatml": ChatTemplate("<|im_start|>system\n", "<|im_end|>\n", "<|im_start|>user\n",
                            "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n",
@@ -124,7 +124,7 @@ def _from_parts(system_prompt: str, prefix: str, postfix: str) -> ChatTemplate:
 
 def detect_template(llm: LLM) -> ChatTemplate | None:
     """The chat template of the loaded model file, when it tells (None otherwise)."""
-    from rkllm.inspect import inspect_model
+    from rkllm.modelfile import inspect_model
 
     try:
         fact = inspect_model(llm.model_path).facts.get("chat_template")

@@ -49,15 +49,15 @@ class CoreLLM:
 
     def _check_model(self) -> None:
         """What the file says about itself against this board and runtime, before
-        rkllm_init (the rule: rkllm.inspect.check_compatibility, docs/models.md)."""
+        rkllm_init (the rule: rkllm.modelfile.check_compatibility, docs/models.md)."""
         import warnings
 
-        from rkllm.doctor import detect_platform
-        from rkllm.inspect import check_compatibility, inspect_model
+        from rkllm.machine import board_soc
+        from rkllm.modelfile import check_compatibility, inspect_model
 
         # On the simulator the board does not matter, and the simulator itself names a file
         # that is not a simulated model precisely; a real runtime is spared simulated models.
-        board = None if self.is_simulator else detect_platform()
+        board = None if self.is_simulator else board_soc()
         findings = check_compatibility(inspect_model(self.model_path),
                                        self.release or self.family, board,
                                        simulator=None if self.is_simulator else False)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rkllm.errors import ParamError
+from rkllm.releases import FAMILIES
+from rkllm.releases import FEATURES as RUN_FEATURES  # the one table of what each family has
 
-FAMILIES = ("1.1.0", "1.2.0", "1.2.1", "1.3.0")
 INT32_MAX = 2**31 - 1
 
 
@@ -98,22 +99,6 @@ MANAGED = {
     "is_async": "rkllm-cffi always streams from its own thread; is_async is managed for you",
     "extend_param": "give extend_param as a dict",
 }
-
-# What needs which family in a single run (LLM.generate options).
-RUN_FEATURES = {
-    "keep_history": "1.2.0",
-    "logits": "1.2.0",
-    "role": "1.2.1",
-    "enable_thinking": "1.2.1",
-    "sampling": "1.3.0",
-    "image_markers": "1.3.0",
-    "clear_kv_cache": "1.2.0",
-    "kv_cache_range": "1.2.1",
-    "kv_cache_size": "1.2.1",
-    "set_chat_template": "1.2.0",
-    "set_function_tools": "1.2.1",
-}
-
 
 def schema(family: str) -> dict[str, Spec]:
     """Every parameter the family has, by name."""

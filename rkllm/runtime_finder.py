@@ -1,69 +1,123 @@
-"""Which runtime library to load: the one resolver used by the Python API and the CLI.
+"""Which runtime library to use: the one resolver behind ``rkllm.LLM``, every CLI verb and
+``rkllm doctor``.
 
-Order: ``runtime=`` (a path to ``librkllmrt.so``; a pinned vendor release such as ``"1.3.0"``
-fetched with ``rkllm runtime pull``; ``"sim"`` or ``"sim:1.3.0"`` for the simulated runtime),
-else ``RKLLM_LIBRARY`` (any of those), else the runtime bundled in the package, else the
-system's. The ABI is detected from the library (``abi=`` or ``RKLLM_ABI`` force it).
+A runtime *spec* is one of
+
+* a path to a ``librkllmrt.so``;
+* a pinned vendor release such as ``"1.3.0"`` (fetched with ``rkllm runtime pull``, or the one
+  bundled in the wheel);
+* ``"sim"`` or ``"sim:1.2.1"`` (a release or family): the simulated runtime.
+
+Order: ``runtime=`` (a spec), else ``RKLLM_LIBRARY`` (a spec, the same forms), else the runtime
+bundled in the package, else the system's (``LD_LIBRARY_PATH``, ld.so.conf, the usual library
+directories). :func:`find_runtime` says where and why without loading anything;
+:func:`load_runtime` loads what it found (the ABI is detected from the library; ``abi=`` or
+``RKLLM_ABI`` force it).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rkllm import _lowlevel as ll
+from rkllm import machine, releases, sim
 from rkllm.errors import ParamError, RuntimeNotFoundError
 
+if TYPE_CHECKING:
+    from rkllm._lowlevel import Runtime
 
-def _is_sim(spec: object) -> bool:
+Spec = str | os.PathLike[str]
+PACKAGE_DIR = Path(__file__).resolve().parent
+ENV = "RKLLM_LIBRARY"
+NO_RUNTIME_HINT = ('no RKLLM runtime on this machine: runtime="sim" (or RKLLM_LIBRARY=sim) '
+                   "runs the simulated runtime; `rkllm runtime pull` fetches a real one; "
+                   "`rkllm doctor` explains what is missing")
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """Where the runtime is and why that one."""
+
+    path: str
+    why: str                      # e.g. "RKLLM_LIBRARY=sim:1.2.1 (simulated runtime 1.2.1)"
+    simulated: bool = False
+
+
+def is_sim_spec(spec: object) -> bool:
     return isinstance(spec, str) and (spec == "sim" or spec.startswith("sim:"))
 
 
-def _sim_library(release: str, what: str) -> str:
-    """The simulated runtime's path for a release or family (rkllm.sim knows where)."""
-    from rkllm import sim
-
-    try:
-        return sim.library_path(release)
-    except ValueError as exc:
-        raise ParamError(f"{what}: {exc}") from None
-    except FileNotFoundError as exc:
-        raise RuntimeNotFoundError(str(exc)) from None
+def is_release_spec(spec: object) -> bool:
+    return isinstance(spec, str) and re.fullmatch(r"v?\d+\.\d+\.\d+", spec) is not None
 
 
-def _is_release(spec: object) -> bool:
-    return isinstance(spec, str) and re.fullmatch(r"\d+\.\d+\.\d+", spec) is not None
+def _from_spec(spec: Spec, source: str, abi: str | None) -> RuntimeChoice:
+    label = f"{source}={os.fspath(spec)}"
+    if is_sim_spec(spec):
+        assert isinstance(spec, str)
+        wanted = spec[4:] or abi or releases.DEFAULT_FAMILY
+        try:
+            path = sim.library_path(wanted)
+        except ValueError as exc:
+            raise ParamError(f"{label}: {exc}") from None
+        except FileNotFoundError as exc:
+            raise RuntimeNotFoundError(str(exc)) from None
+        return RuntimeChoice(path, f"{label} (simulated runtime {releases.family_of(wanted)})",
+                             simulated=True)
+    if is_release_spec(spec):
+        assert isinstance(spec, str)
+        from rkllm import runtimes  # the pin table and cache (standard library only)
+
+        return RuntimeChoice(str(runtimes.library_path(spec)), f"{label} (pinned release)")
+    return RuntimeChoice(os.fspath(spec), label)
 
 
-def load_runtime(runtime: str | os.PathLike[str] | None = None, *,
-                 abi: str | None = None) -> ll.Runtime:
-    """Finds and loads a runtime (see the module docstring for the order). The simulated
-    runtime says so itself on stderr when it loads a model (RKLLM_SIM_QUIET=1 hushes it)."""
+def _search(sysview: machine.System) -> RuntimeChoice:
+    tried: list[str] = []
+    candidates: list[tuple[Path, str]] = []
+    if sysview.is_live:
+        arch = machine.runtime_arch()
+        if arch:
+            candidates.append((PACKAGE_DIR / "libs" / arch / machine.RUNTIME_NAME,
+                               "bundled with rkllm-cffi"))
+        for entry in os.environ.get("LD_LIBRARY_PATH", "").split(":"):
+            if entry:
+                candidates.append((Path(entry) / machine.RUNTIME_NAME, "LD_LIBRARY_PATH"))
+    candidates += [(d / machine.RUNTIME_NAME, "system library directory")
+                   for d in machine.library_dirs(sysview)]
+    for path, why in candidates:
+        if path.is_file():
+            return RuntimeChoice(str(path), why)
+        tried.append(f"{path} ({why})")
+    raise RuntimeNotFoundError(f"{NO_RUNTIME_HINT}. Looked for {machine.RUNTIME_NAME} in: "
+                               + ", ".join(tried))
+
+
+def find_runtime(runtime: Spec | None = None, *, abi: str | None = None,
+                 root: str | os.PathLike[str] = "/") -> RuntimeChoice:
+    """Where the runtime for ``runtime`` is and why (see the module docstring); never loads
+    it. Raises RuntimeNotFoundError (suggesting ``runtime="sim"``) when there is none, ParamError
+    for a malformed spec. ``root`` points the system search at a fake system tree (then
+    ``RKLLM_LIBRARY`` and the bundled runtime are not consulted)."""
     abi = abi or os.environ.get("RKLLM_ABI") or None
-    spec: str | os.PathLike[str] | None = runtime
-    source = "runtime="
-    env = os.environ.get("RKLLM_LIBRARY", "")
-    if spec is None and (_is_sim(env) or _is_release(env)):
-        spec, source = env, "RKLLM_LIBRARY"
-    if _is_release(spec):
-        # a pinned vendor release fetched by `rkllm runtime pull` (or the one bundled)
-        from rkllm import runtimes
-
-        assert isinstance(spec, str)
-        path = runtimes.library_path(spec)
-        return ll.open_runtime(str(path), path_source=f"{source}{spec} (pinned release)",
-                               abi=abi)
-    if _is_sim(spec):
-        assert isinstance(spec, str)
-        from rkllm.sim import DEFAULT_FAMILY
-
-        wanted = spec[4:] or abi or DEFAULT_FAMILY
-        rt = ll.open_runtime(_sim_library(wanted, source + spec),
-                             path_source=f"simulated runtime {wanted}", abi=abi)
-    elif spec is None:
-        rt = ll.open_runtime(None, abi=abi)
-    else:
-        rt = ll.open_runtime(os.fspath(spec), path_source=source, abi=abi)
-    return rt
+    sysview = machine.System(root)
+    if runtime is not None and os.fspath(runtime) != "":
+        return _from_spec(runtime, "runtime", abi)
+    env = os.environ.get(ENV, "")
+    if env and sysview.is_live:
+        return _from_spec(env, ENV, abi)
+    return _search(sysview)
 
 
+def load_runtime(runtime: Spec | None = None, *, abi: str | None = None) -> Runtime:
+    """Finds (:func:`find_runtime`) and loads a runtime, once per library and ABI. The
+    simulated runtime says so itself on stderr when it loads a model (RKLLM_SIM_QUIET=1
+    hushes it)."""
+    from rkllm import _lowlevel as ll
+
+    choice = find_runtime(runtime, abi=abi)
+    return ll.open_runtime(choice.path, path_source=choice.why,
+                           abi=abi or os.environ.get("RKLLM_ABI") or None)

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     machine = args.arch or os.environ.get("AUDITWHEEL_ARCH") or None
-    arch = rt.resolve_arch(machine) if args.arch else rt.arch_of(machine)
+    arch = rt.resolve_arch(machine) if args.arch else rt.runtime_arch(machine)
     if arch is None:
         print(f"fetch_runtime: Rockchip ships no runtime for {machine or 'this machine'}; "
               "the wheel bundles none (the simulated runtime still works)")

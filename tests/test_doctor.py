@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from fakehub import sim_model_bytes  # noqa: E402
 
-from rkllm import doctor  # noqa: E402
+from rkllm import doctor, machine  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "doctor"
 
@@ -67,7 +67,7 @@ def add_runtime(root: Path, release: str, *, machine: int = 183,
 
 def test_read_runtime_file(tmp_path: Path) -> None:
     lib = add_runtime(tmp_path, "1.2.3", needed=("libomp.so", "libstdc++.so.6"))
-    info = doctor.read_runtime_file(lib)
+    info = machine.read_runtime_file(lib)
     assert (info.release, info.family, info.arch) == ("1.2.3", "1.2.1", "aarch64")
     assert info.needed == ("libomp.so", "libstdc++.so.6")
     assert not info.is_simulator

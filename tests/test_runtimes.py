@@ -23,6 +23,7 @@ import pytest
 
 from rkllm import runtimes
 from rkllm.errors import IntegrityError, RuntimeNotFoundError, UnsupportedRuntimeError
+from rkllm.machine import runtime_arch
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fetch_runtime.py"
 FAKE_COMMIT = hashlib.sha1(b"a commit that only this test knows").hexdigest()
@@ -34,6 +35,8 @@ class VendorServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.truncate: set[str] = set()
+        self.ranges = False  # answer Range requests (206) when set
+        self.range_starts: list[int] = []
         self.requests: list[str] = []
         self.base_url = ""
 
@@ -52,9 +55,14 @@ def server() -> Iterator[VendorServer]:
             if data is None:
                 self.send_error(404, "Not Found")
                 return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
+            start = 0
+            if state.ranges and self.headers.get("Range", "").startswith("bytes="):
+                start = int(self.headers["Range"][6:].rstrip("-"))
+                state.range_starts.append(start)
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
+            data = data[start:]
             if self.path in state.truncate:
                 self.wfile.write(data[: len(data) // 2])
                 self.close_connection = True
@@ -78,11 +86,11 @@ def server() -> Iterator[VendorServer]:
 @pytest.fixture
 def fake_release(monkeypatch: pytest.MonkeyPatch, server: VendorServer,
                  tmp_path: Path) -> runtimes.Release:
-    """A pinned release '9.9.9' whose library and licence the local server holds, with the
+    """A pinned release '1.2.2' (really released, not pinned here; family 1.2.1) whose library and licence the local server holds, with the
     cache and the download base URL pointed at tmp_path and the server."""
     library = os.urandom(50_000)
     licence = b"Test licence terms\n" + os.urandom(16).hex().encode()
-    rel = runtimes.Release("9.9.9", "1.2.1", FAKE_COMMIT, runtimes.git_blob_id(licence),
+    rel = runtimes.Release("1.2.2", FAKE_COMMIT, runtimes.git_blob_id(licence),
                            {"aarch64": runtimes.git_blob_id(library)}, {})
     monkeypatch.setitem(runtimes.RELEASES, rel.version, rel)
     monkeypatch.setenv(runtimes.BASE_URL_ENV, server.base_url)
@@ -152,8 +160,8 @@ def test_unknown_release_and_unreleased_arch_are_clear_errors() -> None:
     ("armv8l", 32, "armhf"), ("armv7l", 32, "armhf"),
     ("x86_64", 64, None), ("riscv64", 64, None),
 ])
-def test_arch_of(machine: str, bits: int, expected: str | None) -> None:
-    assert runtimes.arch_of(machine, bits) == expected
+def test_runtime_arch(machine: str, bits: int, expected: str | None) -> None:
+    assert runtime_arch(machine, bits) == expected
 
 
 def test_resolve_arch_aliases() -> None:
@@ -202,7 +210,45 @@ def test_download_truncated(server: VendorServer, fake_release: runtimes.Release
     dest = tmp_path / "out" / "librkllmrt.so"
     with pytest.raises(IntegrityError, match="cut short"):
         runtimes.download(pin, dest)
-    assert os.listdir(dest.parent) == []
+    # the partial download is kept, never under the library's own name
+    assert os.listdir(dest.parent) == ["librkllmrt.so.part"]
+
+
+def test_download_resumes_where_it_was_cut(server: VendorServer,
+                                           fake_release: runtimes.Release,
+                                           tmp_path: Path) -> None:
+    pin = fake_release.library("aarch64")
+    data = served(server, pin)
+    server.truncate.add(f"/{pin.commit}/{pin.path}")
+    server.ranges = True
+    dest = tmp_path / "out" / "librkllmrt.so"
+    with pytest.raises(IntegrityError, match="run it again to resume"):
+        runtimes.download(pin, dest)
+    kept = (tmp_path / "out" / "librkllmrt.so.part").stat().st_size
+    assert 0 < kept < len(data)
+    server.truncate.clear()
+    runtimes.download(pin, dest)
+    assert server.range_starts == [kept]  # only the rest was asked for
+    assert dest.read_bytes() == data and os.listdir(dest.parent) == ["librkllmrt.so"]
+
+
+def test_download_restarts_when_the_server_ignores_ranges(server: VendorServer,
+                                                          fake_release: runtimes.Release,
+                                                          tmp_path: Path) -> None:
+    pin = fake_release.library("aarch64")
+    dest = tmp_path / "out" / "librkllmrt.so"
+    dest.parent.mkdir()
+    (tmp_path / "out" / "librkllmrt.so.part").write_bytes(b"stale bytes of another try")
+    runtimes.download(pin, dest)
+    assert dest.read_bytes() == served(server, pin)
+
+
+def test_download_progress_bar(server: VendorServer, fake_release: runtimes.Release,
+                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pin = fake_release.library("aarch64")
+    runtimes.download(pin, tmp_path / "librkllmrt.so", progress=True)
+    err = capsys.readouterr().err
+    assert "librkllmrt.so" in err and "100%" in err
 
 
 def test_download_404(server: VendorServer, fake_release: runtimes.Release,
@@ -228,12 +274,12 @@ def test_download_connection_refused(tmp_path: Path) -> None:
 def test_install_records_release_checksums_and_licence(server: VendorServer,
                                                        fake_release: runtimes.Release,
                                                        tmp_path: Path) -> None:
-    lib = runtimes.install("9.9.9", "aarch64", tmp_path / "libs" / "aarch64")
+    lib = runtimes.install("1.2.2", "aarch64", tmp_path / "libs" / "aarch64")
     data = served(server, fake_release.library("aarch64"))
     assert lib.read_bytes() == data
     assert (lib.parent / "LICENSE.txt").read_bytes() == served(server, fake_release.license())
     record = json.loads((lib.parent / "RUNTIME.json").read_text())
-    assert record["release"] == "9.9.9" and record["arch"] == "aarch64"
+    assert record["release"] == "1.2.2" and record["arch"] == "aarch64"
     assert record["commit"] == FAKE_COMMIT and record["family"] == "1.2.1"
     assert record["git_blob"] == runtimes.git_blob_id(data)
     assert record["sha256"] == hashlib.sha256(data).hexdigest() and record["size"] == len(data)
@@ -245,39 +291,39 @@ def test_install_failure_leaves_no_record(server: VendorServer, fake_release: ru
                                           tmp_path: Path) -> None:
     server.files.pop(f"/{FAKE_COMMIT}/LICENSE")
     with pytest.raises(RuntimeNotFoundError, match="404"):
-        runtimes.install("9.9.9", "aarch64", tmp_path / "d")
+        runtimes.install("1.2.2", "aarch64", tmp_path / "d")
     assert runtimes.read_record(tmp_path / "d") is None
 
 
 def test_pull_caches_and_reuses(server: VendorServer, fake_release: runtimes.Release,
                                 tmp_path: Path) -> None:
-    lib = runtimes.pull("9.9.9", "aarch64")
-    assert lib == tmp_path / "cache" / "rkllm" / "runtimes" / "9.9.9" / "aarch64" / "librkllmrt.so"
-    assert runtimes.cached_library("9.9.9", "aarch64") == lib
+    lib = runtimes.pull("1.2.2", "aarch64")
+    assert lib == tmp_path / "cache" / "rkllm" / "runtimes" / "1.2.2" / "aarch64" / "librkllmrt.so"
+    assert runtimes.cached_library("1.2.2", "aarch64") == lib
     fetched = len(server.requests)
-    assert runtimes.pull("9.9.9", "aarch64") == lib
+    assert runtimes.pull("1.2.2", "aarch64") == lib
     assert len(server.requests) == fetched, "a verified cached copy is not downloaded again"
-    runtimes.pull("9.9.9", "aarch64", force=True)
+    runtimes.pull("1.2.2", "aarch64", force=True)
     assert len(server.requests) == 2 * fetched
 
 
 def test_corrupted_cache_is_detected_and_repaired(server: VendorServer,
                                                   fake_release: runtimes.Release) -> None:
-    lib = runtimes.pull("9.9.9", "aarch64")
+    lib = runtimes.pull("1.2.2", "aarch64")
     data = lib.read_bytes()
     lib.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
     with pytest.raises(IntegrityError):
-        runtimes.cached_library("9.9.9", "aarch64")
-    assert runtimes.pull("9.9.9", "aarch64") == lib
+        runtimes.cached_library("1.2.2", "aarch64")
+    assert runtimes.pull("1.2.2", "aarch64") == lib
     assert lib.read_bytes() == served(server, fake_release.library("aarch64"))
 
 
 def test_pull_of_unreleased_arch_downloads_nothing(server: VendorServer,
                                                    fake_release: runtimes.Release) -> None:
     with pytest.raises(UnsupportedRuntimeError, match="armhf"):
-        runtimes.pull("9.9.9", "armhf")
-    with pytest.raises(RuntimeNotFoundError, match="rkllm runtime pull 9.9.9"):
-        runtimes.cached_library("9.9.9", "aarch64")
+        runtimes.pull("1.2.2", "armhf")
+    with pytest.raises(RuntimeNotFoundError, match="rkllm runtime pull 1.2.2"):
+        runtimes.cached_library("1.2.2", "aarch64")
     assert server.requests == []
 
 
@@ -288,19 +334,19 @@ def test_library_path_falls_back_to_the_bundled_release(server: VendorServer,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     bundled = tmp_path / "wheel" / "rkllm" / "libs"
     monkeypatch.setattr(runtimes, "bundled_dir", lambda arch: bundled / arch)
-    lib = runtimes.install("9.9.9", "aarch64", bundled / "aarch64")
-    assert runtimes.library_path("9.9.9", "aarch64") == lib
+    lib = runtimes.install("1.2.2", "aarch64", bundled / "aarch64")
+    assert runtimes.library_path("1.2.2", "aarch64") == lib
     with pytest.raises(RuntimeNotFoundError, match="rkllm runtime pull 1.3.0"):
         runtimes.library_path("1.3.0", "aarch64")  # neither cached nor the bundled release
     rc, out, _ = run_cli(capsys, "runtime", "list", "--arch", "aarch64")
-    row = next(line for line in out.splitlines() if line.startswith("9.9.9"))
+    row = next(line for line in out.splitlines() if line.startswith("1.2.2"))
     assert rc == 0 and "bundled" in row and str(lib) in row
-    cached = runtimes.pull("9.9.9", "aarch64")  # a cached copy wins over the bundled one
-    assert runtimes.library_path("9.9.9", "aarch64") == cached != lib
+    cached = runtimes.pull("1.2.2", "aarch64")  # a cached copy wins over the bundled one
+    assert runtimes.library_path("1.2.2", "aarch64") == cached != lib
     lib.write_bytes(b"tampered")
     cached.unlink()
     with pytest.raises(IntegrityError):
-        runtimes.library_path("9.9.9", "aarch64")
+        runtimes.library_path("1.2.2", "aarch64")
 
 
 # ---------------------------------------------------------------- the CLI
@@ -314,20 +360,20 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 def test_cli_pull_path_list(server: VendorServer, fake_release: runtimes.Release,
                             capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = run_cli(capsys, "runtime", "path", "9.9.9", "--arch", "aarch64")
-    assert rc == 1 and "rkllm runtime pull 9.9.9" in err and out == ""
+    rc, out, err = run_cli(capsys, "runtime", "path", "1.2.2", "--arch", "aarch64")
+    assert rc == 1 and "rkllm runtime pull 1.2.2" in err and out == ""
 
-    rc, out, err = run_cli(capsys, "runtime", "pull", "9.9.9", "--arch", "arm64")
+    rc, out, err = run_cli(capsys, "runtime", "pull", "1.2.2", "--arch", "arm64")
     assert rc == 0 and "verified" in err
     lib = Path(out.strip())
     assert lib.read_bytes() == served(server, fake_release.library("aarch64"))
 
-    rc, out, _ = run_cli(capsys, "runtime", "path", "9.9.9", "--arch", "aarch64")
+    rc, out, _ = run_cli(capsys, "runtime", "path", "1.2.2", "--arch", "aarch64")
     assert rc == 0 and out.strip() == str(lib)
 
     rc, out, _ = run_cli(capsys, "runtime", "list", "--arch", "aarch64")
     assert rc == 0
-    row = next(line for line in out.splitlines() if line.startswith("9.9.9"))
+    row = next(line for line in out.splitlines() if line.startswith("1.2.2"))
     assert "cached" in row and str(lib) in row
     other = next(line for line in out.splitlines() if line.startswith("1.3.0"))
     assert "cached" not in other
@@ -337,7 +383,7 @@ def test_cli_pull_bad_checksum_fails_cleanly(server: VendorServer,
                                              fake_release: runtimes.Release,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     server.put(fake_release.library("aarch64"), b"tampered")
-    rc, out, err = run_cli(capsys, "runtime", "pull", "9.9.9", "--arch", "aarch64")
+    rc, out, err = run_cli(capsys, "runtime", "pull", "1.2.2", "--arch", "aarch64")
     assert rc == 1 and "git blob id" in err and out == ""
     assert len(err.strip().splitlines()) == 2  # "fetching URL" and one error line, no traceback
 
@@ -380,13 +426,13 @@ def test_script_bundles_runtime_and_licence(server: VendorServer,
     libs = tmp_path / "libs"
     (libs / "armhf").mkdir(parents=True)
     (libs / "armhf" / "librkllmrt.so").write_bytes(b"left over from another arch")
-    assert script.main(["--arch", "aarch64", "--release", "9.9.9", "--libs", str(libs)]) == 0  # type: ignore[attr-defined]
+    assert script.main(["--arch", "aarch64", "--release", "1.2.2", "--libs", str(libs)]) == 0  # type: ignore[attr-defined]
     assert sorted(os.listdir(libs)) == ["aarch64"]
     assert sorted(os.listdir(libs / "aarch64")) == ["LICENSE.txt", "RUNTIME.json", "librkllmrt.so"]
-    assert (runtimes.read_record(libs / "aarch64") or {})["release"] == "9.9.9"
+    assert (runtimes.read_record(libs / "aarch64") or {})["release"] == "1.2.2"
     fetched = len(server.requests)
-    assert script.main(["--arch", "aarch64", "--release", "9.9.9", "--libs", str(libs)]) == 0  # type: ignore[attr-defined]
-    assert len(server.requests) == fetched and "already holds 9.9.9" in capsys.readouterr().out
+    assert script.main(["--arch", "aarch64", "--release", "1.2.2", "--libs", str(libs)]) == 0  # type: ignore[attr-defined]
+    assert len(server.requests) == fetched and "already holds 1.2.2" in capsys.readouterr().out
 
 
 def make_wheel(path: Path) -> Path:
@@ -417,7 +463,7 @@ def test_script_adds_runtime_to_repaired_wheels(server: VendorServer,
     x86 = make_wheel(house / "rkllm_cffi-0.1.0-cp310-abi3-manylinux_2_28_x86_64.whl")
     x86_before = x86.read_bytes()
     for _ in range(2):  # idempotent: a second run replaces, never duplicates
-        assert script.main(["--into-wheel", str(house), "--release", "9.9.9"]) == 0  # type: ignore[attr-defined]
+        assert script.main(["--into-wheel", str(house), "--release", "1.2.2"]) == 0  # type: ignore[attr-defined]
     assert x86.read_bytes() == x86_before
     lib_data = served(server, fake_release.library("aarch64"))
     with zipfile.ZipFile(arm) as z:
@@ -427,7 +473,7 @@ def test_script_adds_runtime_to_repaired_wheels(server: VendorServer,
             "rkllm/libs/aarch64/librkllmrt.so"]
         assert z.read("rkllm/libs/aarch64/librkllmrt.so") == lib_data
         assert (z.getinfo("rkllm/libs/aarch64/librkllmrt.so").external_attr >> 16) & 0o777 == 0o755
-        assert json.loads(z.read("rkllm/libs/aarch64/RUNTIME.json"))["release"] == "9.9.9"
+        assert json.loads(z.read("rkllm/libs/aarch64/RUNTIME.json"))["release"] == "1.2.2"
         record = record_of(arm)
         for name in names:
             if name.startswith("rkllm/libs/"):

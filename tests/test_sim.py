@@ -44,7 +44,7 @@ def test_paths_are_absolute_files() -> None:
 
 
 def test_library_path_when_not_built(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(sim, "_SIM_DIR", str(tmp_path))
+    monkeypatch.setattr(sim, "SIM_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="not built"):
         sim.library_path("1.2.1")
     with pytest.raises(FileNotFoundError, match="demo model is missing"):

@@ -82,7 +82,7 @@ def _ask(candidates: Sequence[Any]) -> Any:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from rkllm.models import parse_ref, pull
+    from rkllm.hub import parse_ref, pull
     ref = parse_ref(args.repo)
     if ref is None:
         raise ModelNotFoundError(f"{args.repo!r} is not a repository id (owner/name)")
@@ -103,7 +103,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 # -- list ---------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
-    from rkllm.models import cache_dir, list_cached
+    from rkllm.hub import cache_dir, list_cached
     models = list_cached()
     if args.json:
         _print_json([m.to_dict() for m in models])
@@ -123,7 +123,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 # -- info ---------------------------------------------------------------------------------------
 def _local_path(model: str, revision: str | None) -> tuple[str | None, str | None, str | None]:
     """(path or None, repo, file) without any network call."""
-    from rkllm.models import cached_model_files, demo_model_path, parse_ref
+    from rkllm.hub import cached_model_files, demo_model_path, parse_ref
     if model == "demo" and not os.path.exists(model):
         return demo_model_path(), None, None
     if os.path.isfile(os.path.expanduser(model)):
@@ -142,8 +142,9 @@ def _local_path(model: str, revision: str | None) -> tuple[str | None, str | Non
 
 
 def gather_info(model: str, revision: str | None = None) -> dict[str, Any]:
-    from rkllm.inspect import check_compatibility, facts_from_name, inspect_model
-    from rkllm.models import board_platform, repo_metadata, runtime_release
+    from rkllm.modelfile import check_compatibility, facts_from_name, inspect_model
+    from rkllm.hub import repo_metadata, runtime_release
+    from rkllm.machine import board_soc
     path, repo, file = _local_path(model, revision)
     out: dict[str, Any] = {"model": model, "repo": repo, "file": file, "path": path}
     if repo:
@@ -151,7 +152,7 @@ def gather_info(model: str, revision: str | None = None) -> dict[str, Any]:
             out["hub"] = repo_metadata(repo, revision=revision)
         except ModelNotFoundError as exc:
             out["hub"] = {"error": str(exc)}
-    board, release = board_platform(), runtime_release()
+    board, release = board_soc(), runtime_release()
     out["board"] = {"platform": board, "runtime_release": release}
     if path:
         info = inspect_model(path, repo=repo)
@@ -230,7 +231,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # -- rm / clean ---------------------------------------------------------------------------------
 def cmd_rm(args: argparse.Namespace) -> int:
-    from rkllm.models import remove
+    from rkllm.hub import remove
     removed = []
     for model in args.model:
         removed.extend(remove(model))
@@ -243,7 +244,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from rkllm.models import clean
+    from rkllm.hub import clean
     report = clean(dry_run=args.dry_run)
     if args.json:
         _print_json({**report.to_dict(), "dry_run": args.dry_run})

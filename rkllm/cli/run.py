@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
 
 def _resolve_model(ref: str) -> str:
     try:
-        from rkllm.models import resolve_model
+        from rkllm.hub import resolve_model
     except ImportError:  # the Hugging Face layer is optional here: paths and demo still work
         if ref == "demo" and not os.path.exists(ref):
             from rkllm.sim import demo_model_path

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from rkllm import runtimes
+from rkllm import machine, runtimes
 from rkllm.cli.output import human_size, paint, table
 from rkllm.errors import IntegrityError, RuntimeNotFoundError
 
@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     arches = [runtimes.resolve_arch(args.arch)] if args.arch else list(runtimes.ARCHES)
-    here = runtimes.arch_of()
+    here = machine.runtime_arch()
     rows = []
     for arch in arches:
         bundled = runtimes.bundled_record(arch)
@@ -84,8 +84,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
             return 0
         except (RuntimeNotFoundError, IntegrityError):
             pass
-    print(f"fetching {pin.url()}", file=sys.stderr)
-    lib = runtimes.pull(args.release, arch, force=True)
+    print(f"fetching {pin.url()}", file=sys.stderr, flush=True)
+    # a progress bar on a terminal; an interrupted download resumes on the next pull
+    lib = runtimes.pull(args.release, arch, force=True, progress=sys.stderr.isatty())
     print(paint(f"verified (git blob {pin.blob[:12]})", "green", sys.stderr), file=sys.stderr)
     print(lib)
     return 0

@@ -33,9 +33,13 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_path(args: argparse.Namespace) -> int:
+    from rkllm.errors import ParamError
     from rkllm.sim import library_path
 
-    print(library_path(args.abi))
+    try:
+        print(library_path(args.abi))
+    except ValueError as exc:  # an unknown release: one line naming the supported ones
+        raise ParamError(f"--abi {args.abi}: {exc}") from None
     return 0
 
 

@@ -22,15 +22,14 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rkllm import releases
+from rkllm.errors import ModelNotFoundError
+from rkllm.releases import known_family, release_key
+
 HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 1024 * 1024
-PLATFORMS = ("rk3588", "rk3576", "rk3562", "rv1126b")
 
-# Releases of each runtime ABI family (include/<family>/rkllm.h), first and last.
-_FAMILIES = (("1.1.0", "1.1.0", "1.1.4"), ("1.2.0", "1.2.0", "1.2.0"),
-             ("1.2.1", "1.2.1", "1.2.3"), ("1.3.0", "1.3.0", "1.3.0"))
-
-_PLATFORM_RE = re.compile(r"(?i)(?<![a-z0-9])(rk3588s?|rk3576|rk3562|rv1126b)(?![0-9])")
+_PLATFORM_RE = re.compile(rf"(?i)(?<![a-z0-9])({releases.SOC_PATTERN})(?![0-9])")
 _RELEASE_RE = re.compile(r"(?i)(?<![\d.])v?(1\.\d{1,2}\.\d{1,2})(?:b\d+)?(?!\d|\.\d)")
 _DTYPE_RE = re.compile(r"(?i)(?<![a-z0-9])(w[48]a(?:8|16))(?:[_-]?(g\d+))?(?![a-z0-9])")
 _OPT_RE = re.compile(r"(?i)(?<![a-z0-9])opt[-_]?([01])(?![0-9])")
@@ -93,34 +92,10 @@ class ModelInfo:
                 f"{fact.value} (trusting the {have.source})")
 
 
-# -- releases and families ----------------------------------------------------------------------
-def release_tuple(release: str) -> tuple[int, ...]:
-    m = re.match(r"v?(\d+)\.(\d+)\.(\d+)", release.strip())
-    if not m:
-        raise ValueError(f"not a release number: {release!r}")
-    return tuple(int(x) for x in m.groups())
-
-
-def family_of(release: str) -> str | None:
-    """The ABI family of a runtime or toolkit release; None when it is in no known family
-    (before 1.1.0, or newer than every family)."""
-    rel = release_tuple(release)
-    for family, first, last in _FAMILIES:
-        if release_tuple(first) <= rel <= release_tuple(last):
-            return family
-    return None
-
-
-def is_newer_than_families(release: str) -> bool:
-    return release_tuple(release) > release_tuple(_FAMILIES[-1][2])
-
-
+# -- platforms ------------------------------------------------------------------------------------
 def normalise_platform(text: str) -> str | None:
     m = _PLATFORM_RE.search(text)
-    if not m:
-        return None
-    name = m.group(1).lower()
-    return "rk3588" if name == "rk3588s" else name
+    return releases.normalise_soc(m.group(1)) if m else None
 
 
 # -- names --------------------------------------------------------------------------------------
@@ -191,7 +166,7 @@ def _scan_real(info: ModelInfo, head: bytes, tail: bytes, tail_start: int) -> No
         info._add("toolkit_version", Fact(m.group(1).decode(), "file",
                                           f"{where} offset {base + m.start(1)}: "
                                           f"{_printable_window(data, m.start(1))!r}"))
-    hit = find(re.compile(rb"(?i)(?<![a-z0-9])(rk3588s?|rk3576|rk3562|rv1126b)(?![0-9])"))
+    hit = find(re.compile(_PLATFORM_RE.pattern.encode()))
     if hit:
         m, base, where, data = hit
         info._add("platform", Fact(normalise_platform(m.group(1).decode()), "file",
@@ -290,7 +265,6 @@ def inspect_model(path: str | os.PathLike[str], *, repo: str | None = None) -> M
         size = os.path.getsize(path)
         head, tail, tail_start = _read_ends(path, size)
     except OSError as exc:
-        from rkllm.errors import ModelNotFoundError
         raise ModelNotFoundError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
 
     info = ModelInfo(path=path, size=size, format="unknown")
@@ -342,26 +316,26 @@ def model_needs_newer_runtime(toolkit: str, runtime_release: str) -> bool | None
     family is newer, or it is newer than every known family), False when it can, None when
     either release is unparsable."""
     try:
-        tk_t, rt_t = release_tuple(toolkit), release_tuple(runtime_release)
+        tk_t, rt_t = release_key(toolkit), release_key(runtime_release)
     except ValueError:
         return None
     if tk_t <= rt_t:
         return False
-    tk_fam, rt_fam = family_of(toolkit), family_of(runtime_release)
+    tk_fam, rt_fam = known_family(toolkit), known_family(runtime_release)
     if tk_fam is None or rt_fam is None:
         return True
-    return release_tuple(tk_fam) > release_tuple(rt_fam)
+    return release_key(tk_fam) > release_key(rt_fam)
 
 
 def _release_finding(tk: str, runtime_release: str, src: str) -> Compatibility | None:
     said = f"the model was converted with toolkit {tk} (according to its {src})"
-    if family_of(tk) is None and not is_newer_than_families(tk):
+    if known_family(tk) is None and not releases.is_newer_than_every_family(tk):
         return Compatibility(True, f"{said}; runtime 1.1.0 and newer need a model converted "
                                    f"with toolkit 1.1.0 or newer: reconvert or pick another build")
     if model_needs_newer_runtime(tk, runtime_release):
         return Compatibility(True, f"{said} but the runtime is {runtime_release}: install a "
                                    f"runtime of release {tk} or newer (`rkllm runtime pull`)")
-    if release_tuple(tk) > release_tuple(runtime_release):
+    if release_key(tk) > release_key(runtime_release):
         return Compatibility(False, f"{said}, newer than runtime {runtime_release} but in the "
                                     f"same ABI family: it usually loads")
     return None

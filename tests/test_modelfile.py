@@ -1,4 +1,4 @@
-"""rkllm.inspect: what a model file says about itself, and the compatibility rule."""
+"""rkllm.modelfile: what a model file says about itself, and the compatibility rule."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from fakehub import sim_model_bytes  # noqa: E402
 
-import rkllm.inspect as ins  # noqa: E402
-from rkllm.inspect import check_compatibility, family_of, inspect_model  # noqa: E402
+import rkllm.modelfile as ins  # noqa: E402
+from rkllm.modelfile import check_compatibility, inspect_model
+from rkllm.releases import known_family  # noqa: E402
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -149,12 +150,13 @@ def test_not_a_model(tmp_path: Path) -> None:
         inspect_model(tmp_path / "missing.rkllm")
 
 
-def test_family_of() -> None:
-    assert family_of("1.1.0") == family_of("1.1.4") == "1.1.0"
-    assert family_of("1.2.0") == "1.2.0"
-    assert family_of("1.2.1") == family_of("1.2.3") == "1.2.1"
-    assert family_of("1.3.0") == "1.3.0"
-    assert family_of("1.0.1") is None and family_of("1.4.0") is None
+def test_known_family_of_runtime_and_toolkit_releases() -> None:
+    assert known_family("1.1.0") == known_family("v1.1.4") == "1.1.0"
+    assert known_family("1.2.0") == "1.2.0"
+    assert known_family("1.2.1") == known_family("1.2.3b1") == "1.2.1"
+    assert known_family("1.3.0") == "1.3.0"
+    assert known_family("1.0.1") is None and known_family("1.4.0") is None
+    assert known_family("not a release") is None
 
 
 @pytest.mark.parametrize("model_tk,model_platform,runtime,board,expect", [

@@ -18,7 +18,6 @@ A model reference is one of
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -28,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from rkllm.errors import IntegrityError, ModelNotFoundError
-from rkllm.inspect import facts_from_name, model_needs_newer_runtime, release_tuple
+from rkllm import machine, sim
+from rkllm.modelfile import facts_from_name, inspect_model, model_needs_newer_runtime
+from rkllm.releases import release_key
+from rkllm.runtimes import file_digests
 
 MODEL_SUFFIX = ".rkllm"
 _REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<file>.+))?$")
@@ -104,8 +106,7 @@ class Candidate:
         if self.dtype:
             bits.append(self.dtype)
         if self.size is not None:
-            from rkllm.cli.output import human_size
-            bits.append(human_size(self.size))
+            bits.append(machine.human_size(self.size))
         return f"{self.file} ({', '.join(bits)})"
 
 
@@ -140,7 +141,7 @@ def choose_file(candidates: Sequence[Candidate], *, platform: str | None,
     if len(fitting) > 1:
         versions = {c.toolkit_version for c in fitting}
         if None not in versions and len(versions) > 1:
-            newest = max(versions, key=lambda v: release_tuple(str(v)))
+            newest = max(versions, key=lambda v: release_key(str(v)))
             fitting = [c for c in fitting if c.toolkit_version == newest]
             notes.append(f"newest toolkit ({newest})")
     why = ", ".join(notes) if notes else "the only model file"
@@ -150,37 +151,25 @@ def choose_file(candidates: Sequence[Candidate], *, platform: str | None,
 
 
 # -- this machine -------------------------------------------------------------------------------
-def board_platform() -> str | None:
-    """The SoC of this board from the device tree (None off a Rockchip board)."""
-    from rkllm.doctor import detect_platform
-    return detect_platform()
-
-
 def runtime_release() -> str | None:
-    """The release of the runtime that would be loaded, if one can be found cheaply."""
-    from rkllm.doctor import find_runtime
-    found = find_runtime()
-    return found.release if found else None
+    """The release of the runtime ``rkllm.LLM`` would load here (read from the file, not
+    loaded), or None when there is none or it does not say."""
+    from rkllm.runtime_finder import find_runtime
+
+    try:
+        return machine.read_runtime_file(find_runtime().path).release
+    except Exception:  # no runtime, unreadable: choose without knowing the release
+        return None
 
 
 # -- integrity ----------------------------------------------------------------------------------
-def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        if algorithm == "sha1":  # a git blob id hashes a header first
-            h.update(b"blob %d\0" % os.fstat(f.fileno()).st_size)
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_cached_file(path: str, *, sha256: str | None, git_oid: str | None) -> None:
     """Check ``path`` against the hub's digests; on mismatch delete the blob and its
     snapshot link, then raise IntegrityError."""
     if sha256:
-        expected, got, what = sha256.lower(), file_digest(path, "sha256"), "SHA-256"
+        expected, got, what = sha256.lower(), file_digests(path, "sha256")[0], "SHA-256"
     elif git_oid:
-        expected, got, what = git_oid.lower(), file_digest(path, "sha1"), "git blob id"
+        expected, got, what = git_oid.lower(), file_digests(path, "git_blob")[0], "git blob id"
     else:
         return
     if got == expected:
@@ -227,11 +216,22 @@ def _hub_error(exc: Exception, repo: str, file: str | None, revision: str | None
     elif isinstance(exc, hfe.LocalEntryNotFoundError):
         msg = (f"{repo}{':' + file if file else ''} is not in the cache and the hub cannot be "
                f"reached ({exc.__cause__ or 'network unavailable'})")
+    elif _transient(exc):
+        msg = (f"cannot reach the Hugging Face Hub ({endpoint() or 'https://huggingface.co'}) "
+               f"for {repo}: {_reason(exc)}; check the network or HF_ENDPOINT, or set "
+               f"HF_HUB_OFFLINE=1 to use only cached models (`rkllm list`)")
     else:
         return exc
     err = ModelNotFoundError(msg)
     err.__cause__ = exc
     return err
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a network error, in words (not the exception's class name)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return str(getattr(exc, "strerror", None) or exc) or type(exc).__name__
 
 
 DOWNLOAD_ATTEMPTS = 3
@@ -281,7 +281,7 @@ def pull(repo: str, file: str | None = None, *, revision: str | None = None,
             raise ModelNotFoundError(f"{repo} has no {MODEL_SUFFIX} file at revision "
                                      f"{revision or 'main'!r}")
         if platform is None:
-            platform = board_platform()
+            platform = machine.board_soc()
         if runtime is None:
             runtime = runtime_release()
         choice = choose_file(models, platform=platform, runtime_release=runtime)
@@ -366,10 +366,8 @@ def cached_model_files(repo: str, revision: str | None = None,
 
 def demo_model_path() -> str:
     try:
-        import importlib
-        sim: Any = importlib.import_module("rkllm.sim")
-        return str(sim.demo_model_path())
-    except (ImportError, AttributeError, OSError) as exc:
+        return sim.demo_model_path()
+    except OSError as exc:
         raise ModelNotFoundError(f"the simulated demo model is not available: {exc}") from exc
 
 
@@ -402,7 +400,7 @@ def resolve_model(ref: str, *, revision: str | None = None) -> str:
             snap = Path(cached[0]).parents[0]
             cands = [Candidate.from_name(os.path.relpath(p, snap), os.path.getsize(p), repo)
                      for p in cached]
-            choice = choose_file(cands, platform=board_platform(),
+            choice = choose_file(cands, platform=machine.board_soc(),
                                  runtime_release=runtime_release())
             if choice.chosen is not None:
                 return str(snap / choice.chosen.file)
@@ -449,7 +447,6 @@ def _scan(cache: Path) -> Any:
 
 def list_cached(cache: str | os.PathLike[str] | None = None) -> list[CachedModel]:
     """Every cached ``.rkllm`` file, one entry per (repo, revision, file)."""
-    from rkllm.inspect import inspect_model
     info = _scan(cache_dir(cache))
     out: list[CachedModel] = []
     if info is None:
