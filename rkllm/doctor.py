@@ -169,15 +169,16 @@ def check_runtime(sysview: System, board: Check,
     found, why_not = locate_runtime(sysview, runtime)
     on_board = bool(board.data.get("platform"))
     if found is None:
-        data = {"path": None, "error": why_not}
+        missing = {"path": None, "error": why_not}
         if not on_board and runtime is None and not os.environ.get("RKLLM_LIBRARY"):
             return Check("runtime", INFO, f"no {RUNTIME_NAME} (not needed for the simulator)",
-                         data=data), None
+                         data=missing), None
         return Check("runtime", FAIL, f"no usable {RUNTIME_NAME}: {why_not}",
-                     "`rkllm runtime pull` installs a verified vendor runtime", data), None
-    data = {"path": found.path, "release": found.release, "family": found.family,
-            "arch": found.arch, "needed": list(found.needed), "simulator": found.is_simulator,
-            "found_by": found.source}
+                     "`rkllm runtime pull` installs a verified vendor runtime", missing), None
+    data: dict[str, Any] = {
+        "path": found.path, "release": found.release, "family": found.family,
+        "arch": found.arch, "needed": list(found.needed), "simulator": found.is_simulator,
+        "found_by": found.source}
     if found.release is None:
         return Check("runtime", WARN, f"{found.path}: release string not found in the file",
                      "reinstall the runtime with `rkllm runtime pull`", data), found
@@ -294,8 +295,8 @@ def check_open_files(sysview: System) -> Check:
 
 def check_models(board: Check, runtime: RuntimeFile | None,
                  cache: str | os.PathLike[str] | None) -> tuple[Check, int]:
-    from rkllm.modelfile import check_compatibility, inspect_model
     from rkllm.hub import list_cached
+    from rkllm.modelfile import check_compatibility, inspect_model
     try:
         models = list_cached(cache)
     except Exception as exc:  # a broken cache must not break doctor

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rkllm.errors import IntegrityError, ModelNotFoundError
 from rkllm import machine, sim
+from rkllm.errors import IntegrityError, ModelNotFoundError
 from rkllm.modelfile import facts_from_name, inspect_model, model_needs_newer_runtime
 from rkllm.releases import release_key
 from rkllm.runtimes import file_digests

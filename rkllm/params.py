@@ -16,9 +16,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rkllm import releases
 from rkllm.errors import ParamError
-from rkllm.releases import FAMILIES
-from rkllm.releases import FEATURES as RUN_FEATURES  # the one table of what each family has
+
+# the one table of the families and of what each family has (rkllm/releases.py)
+FAMILIES = releases.FAMILIES
+RUN_FEATURES = releases.FEATURES
 
 INT32_MAX = 2**31 - 1
 

@@ -185,7 +185,7 @@ def download(pin: PinnedFile, dest: Path, *, base_url: str | None = None,
 def _fetch_into(url: str, part: Path, timeout: float, progress: bool) -> None:
     """Append the rest of ``url`` to ``part`` (all of it when the server ignores ranges)."""
     import httpx
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "rkllm-cffi runtime fetch"}

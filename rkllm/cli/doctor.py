@@ -23,6 +23,10 @@ def register(sub: Any) -> None:
                                    "models, and explain how to fix what is wrong. Exit code 1 "
                                    "when a check fails.")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--runtime", metavar="SPEC",
+                   help="check this runtime (a path, a release, sim or sim:RELEASE), as "
+                        "rkllm run --runtime would use it (default: RKLLM_LIBRARY, bundled, "
+                        "system)")
     p.add_argument("--root", default=os.environ.get("RKLLM_DOCTOR_ROOT", "/"),
                    help=argparse.SUPPRESS)  # tests point this at fake system trees
     p.set_defaults(func=cmd_doctor)
@@ -30,7 +34,7 @@ def register(sub: Any) -> None:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from rkllm.doctor import run
-    report = run(args.root)
+    report = run(args.root, runtime=args.runtime)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:

@@ -142,9 +142,9 @@ def _local_path(model: str, revision: str | None) -> tuple[str | None, str | Non
 
 
 def gather_info(model: str, revision: str | None = None) -> dict[str, Any]:
-    from rkllm.modelfile import check_compatibility, facts_from_name, inspect_model
     from rkllm.hub import repo_metadata, runtime_release
     from rkllm.machine import board_soc
+    from rkllm.modelfile import check_compatibility, facts_from_name, inspect_model
     path, repo, file = _local_path(model, revision)
     out: dict[str, Any] = {"model": model, "repo": repo, "file": file, "path": path}
     if repo:
