@@ -7,12 +7,18 @@
 """
 
 import os
+import runpy
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SIM_FAMILIES = ("1.1.0", "1.2.0", "1.2.1", "1.3.0")
+# The ABI families come from the one release table; it is read as a file because the package
+# cannot be imported before it is built.
+SIM_FAMILIES = runpy.run_path(os.path.join(HERE, "rkllm", "releases.py"))["FAMILIES"]
+# The simulators stand in for the vendor's librkllmrt.so: a program linked against one records
+# that name (DT_NEEDED librkllmrt.so) and runs unchanged on a board with the real runtime.
+SIM_SONAME = "librkllmrt.so"
 SIM_SOURCES = sorted(
     os.path.join("csrc", "sim", name)
     for name in os.listdir(os.path.join(HERE, "csrc", "sim"))
@@ -28,6 +34,16 @@ class build_ext_with_sim(build_ext):
     def build_simulators(self) -> None:
         if not SIM_SOURCES:
             return
+        # Python's LDSHARED may carry -Wl,-rpath,<its own lib dir>: a build-machine path that
+        # must not end up in the shipped libraries (they need nothing but libc and libm).
+        linker = self.compiler.linker_so
+        self.compiler.linker_so = [a for a in linker if not a.startswith(("-Wl,-rpath", "-Wl,-R"))]
+        try:
+            self.link_simulators()
+        finally:
+            self.compiler.linker_so = linker
+
+    def link_simulators(self) -> None:
         # next to the compiled extension, whether in place (editable) or in build_lib
         out_dir = os.path.join(os.path.dirname(self.get_ext_fullpath("rkllm._native")), "_sim")
         os.makedirs(out_dir, exist_ok=True)
@@ -44,7 +60,7 @@ class build_ext_with_sim(build_ext):
                 f"librkllmrt-sim-{family}.so",
                 output_dir=out_dir,
                 libraries=["m", "pthread"],
-                extra_postargs=["-pthread"],
+                extra_postargs=["-pthread", f"-Wl,-soname,{SIM_SONAME}"],
             )
 
 

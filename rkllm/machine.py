@@ -110,14 +110,26 @@ class RuntimeFile:
     source: str                 # how it was found
 
 
-def elf_info(data: bytes) -> tuple[str | None, tuple[str, ...]]:
-    """(architecture, DT_NEEDED names) from an ELF image; (None, ()) if not ELF."""
+@dataclass(frozen=True)
+class ElfFacts:
+    arch: str | None                 # None: not an ELF file
+    needed: tuple[str, ...] = ()     # DT_NEEDED
+    soname: str | None = None        # DT_SONAME
+    runpath: tuple[str, ...] = ()    # DT_RUNPATH and DT_RPATH entries
+
+
+_DT_NEEDED, _DT_SONAME, _DT_RPATH, _DT_RUNPATH = 1, 14, 15, 29
+
+
+def elf_info(data: bytes) -> ElfFacts:
+    """Architecture and dynamic-section names of an ELF image (read from its section table)."""
     if data[:4] != b"\x7fELF":
-        return None, ()
+        return ElfFacts(None)
     bits64 = data[4] == 2
     end = "<" if data[5] == 1 else ">"
     (machine,) = struct.unpack_from(end + "H", data, 18)
     arch = _ELF_MACHINES.get(machine, f"elf-machine-{machine}")
+    names: dict[int, list[str]] = {_DT_NEEDED: [], _DT_SONAME: [], _DT_RPATH: [], _DT_RUNPATH: []}
     try:
         if bits64:
             shoff, = struct.unpack_from(end + "Q", data, 0x28)
@@ -133,7 +145,6 @@ def elf_info(data: bytes) -> tuple[str | None, tuple[str, ...]]:
             else:
                 _, stype, _, _, soff, ssize, link = struct.unpack_from(end + "IIIIIII", data, off)
             sections.append((stype, soff, ssize, link))
-        needed: list[str] = []
         for stype, soff, ssize, link in sections:
             if stype != 6:  # SHT_DYNAMIC
                 continue
@@ -144,11 +155,13 @@ def elf_info(data: bytes) -> tuple[str | None, tuple[str, ...]]:
                 tag, val = struct.unpack_from(fmt, data, pos)
                 if tag == 0:
                     break
-                if tag == 1:  # DT_NEEDED
-                    needed.append(strtab[val:strtab.index(b"\0", val)].decode())
-        return arch, tuple(needed)
+                if tag in names:
+                    names[tag].append(strtab[val:strtab.index(b"\0", val)].decode())
     except (struct.error, IndexError, ValueError):
-        return arch, ()
+        pass
+    runpath = tuple(p for entry in names[_DT_RUNPATH] + names[_DT_RPATH] for p in entry.split(":"))
+    return ElfFacts(arch, tuple(names[_DT_NEEDED]),
+                    names[_DT_SONAME][0] if names[_DT_SONAME] else None, runpath)
 
 
 # The vendor library carries "RKLLM SDK (version: 1.2.3 ...)"; the shim's loader reads the
@@ -172,14 +185,14 @@ def release_string(data: bytes) -> str | None:
 def read_runtime_file(path: str | os.PathLike[str], source: str = "") -> RuntimeFile:
     """Release, family and architecture of a runtime library, read as a file."""
     data = Path(path).read_bytes()
-    arch, needed = elf_info(data)
+    elf = elf_info(data)
     release = release_string(data)
     sim_name = _SIM_NAME.search(str(path))
     is_sim = bool(sim_name) or b"RKLLM-SIM" in data or b"RKLLM_SIM" in data
     if release is None and sim_name:  # the simulator's file name carries its family
         release = releases.newest_release(sim_name.group(1))
     family = releases.known_family(release) if release else None
-    return RuntimeFile(str(path), release, family, arch, needed, is_sim, source)
+    return RuntimeFile(str(path), release, family, elf.arch, elf.needed, is_sim, source)
 
 
 def library_dirs(sysview: System) -> list[Path]:

@@ -1,21 +1,24 @@
 """Shared fixtures: the simulated runtime of every ABI family, parametrised.
 
 A test that takes ``family`` (or a fixture built on it: ``sim_lib``, ``llm``) runs once per
-family: 1.1.0, 1.2.0, 1.2.1, 1.3.0.
+family of rkllm.releases.FAMILIES (the one table).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-FAMILIES = ("1.1.0", "1.2.0", "1.2.1", "1.3.0")
+from rkllm.releases import FAMILIES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,26 +62,43 @@ def llm(family: str, demo_model: str, quiet_sim: None) -> Iterator[object]:
         model.close()
 
 
+CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+@functools.cache
+def built_programs_run(cc: str | None = CC) -> bool:
+    """False where programs built by ``cc`` cannot be executed (or there is no ``cc``): in the
+    wheel tests under qemu-user (.ci/wheels) ``cc`` is a cross compiler for the emulated arch
+    and the host kernel cannot exec its output (no binfmt_misc). A compiler that fails is
+    left to fail the tests. Module-level ``skipif`` marks use this; fixtures use ``cc_program``."""
+    if cc is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp, "probe")
+        probe.with_suffix(".c").write_text("int main(void) { return 0; }\n")
+        if subprocess.run([cc, "-o", str(probe), str(probe.with_suffix(".c"))],
+                          capture_output=True, check=False).returncode != 0:
+            return True
+        try:
+            subprocess.run([str(probe)], check=False, timeout=60)
+        except OSError:  # ENOEXEC: built for another architecture than this kernel runs
+            return False
+    return True
+
+
 @pytest.fixture(scope="session")
 def cc() -> str:
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if not compiler:
+    if not CC:
         pytest.skip("no C compiler")
-    return compiler
+    return CC
 
 
 @pytest.fixture(scope="session")
-def cc_program(cc: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """``cc`` for tests that build a C program and run it. Skipped where such programs cannot
-    run: in the wheel tests under qemu-user (.ci/wheels), ``cc`` is a cross compiler for the
-    emulated arch and the host kernel cannot exec its output (no binfmt_misc)."""
-    probe_dir = tmp_path_factory.mktemp("cc-probe")
-    (probe_dir / "probe.c").write_text("int main(void) { return 0; }\n")
-    subprocess.run([cc, "-o", str(probe_dir / "probe"), str(probe_dir / "probe.c")], check=True)
-    try:
-        subprocess.run([str(probe_dir / "probe")], check=True, timeout=60)
-    except OSError as exc:  # ENOEXEC: built for another architecture than this kernel runs
-        pytest.skip(f"programs built by {cc} cannot run on this machine ({exc.strerror})")
+def cc_program(cc: str) -> str:
+    """``cc`` for tests that build a C program and run it (skipped where such programs cannot
+    run: see built_programs_run)."""
+    if not built_programs_run(cc):
+        pytest.skip(f"programs built by {cc} cannot run on this machine (a cross compiler?)")
     return cc
 
 
