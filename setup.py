@@ -67,4 +67,9 @@ class build_ext_with_sim(build_ext):
 setup(
     cffi_modules=["build_ffi.py:ffibuilder"],
     cmdclass={"build_ext": build_ext_with_sim},
+    # cffi compiles rkllm._native against the stable ABI (_native.abi3.so): one wheel per
+    # architecture serves CPython 3.10 and every later release (checked with abi3audit --strict
+    # and by importing it on 3.10-3.13; cibuildwheel tests the one wheel on every CPython it
+    # lists). Set here rather than in pyproject's experimental [tool.distutils] table.
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

@@ -18,13 +18,14 @@ directories). :func:`find_runtime` says where and why without loading anything;
 from __future__ import annotations
 
 import os
+import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rkllm import machine, releases, sim
-from rkllm.errors import ParamError, RuntimeNotFoundError
+from rkllm.errors import ParamError, RuntimeNotFoundError, UnsupportedRuntimeError
 
 if TYPE_CHECKING:
     from rkllm._lowlevel import Runtime
@@ -71,7 +72,15 @@ def _from_spec(spec: Spec, source: str, abi: str | None) -> RuntimeChoice:
         assert isinstance(spec, str)
         from rkllm import runtimes  # the pin table and cache (standard library only)
 
-        return RuntimeChoice(str(runtimes.library_path(spec)), f"{label} (pinned release)")
+        runtimes.release(spec)  # an unknown release is the first thing to report
+        try:
+            return RuntimeChoice(str(runtimes.library_path(spec)), f"{label} (pinned release)")
+        except UnsupportedRuntimeError:
+            if machine.runtime_arch() is not None:
+                raise
+            raise RuntimeNotFoundError(  # say what works here, not a `--arch` to fetch one
+                f"{label}: Rockchip ships no runtime for {platform.machine()}; the simulated "
+                f"runtime of that release runs here: sim:{spec}") from None
     return RuntimeChoice(os.fspath(spec), label)
 
 

@@ -17,9 +17,39 @@ from pathlib import Path
 
 import pytest
 
-from rkllm.releases import FAMILIES
-
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _prefer_the_installed_package() -> None:
+    """Run from an unpacked sdist's root, ``python -m pytest`` puts that root first on
+    sys.path, and its rkllm/ (sources without the compiled module or the simulators) would
+    shadow the installed package. A tree built in place (an editable install) is the package."""
+    if any((ROOT / "rkllm").glob("_native*.so")):
+        return
+    sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != ROOT]
+
+
+_prefer_the_installed_package()
+
+from rkllm.releases import FAMILIES  # noqa: E402  (after the sys.path decision)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow (packaging: build, unpack, install)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: minutes, not seconds; run with --run-slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow") or os.environ.get("RKLLM_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (or RKLLM_RUN_SLOW=1)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(params=FAMILIES)

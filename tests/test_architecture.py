@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -299,8 +300,10 @@ def doctor_runtime(runtime: str | None, env: dict[str, str]) -> dict[str, object
     args = [sys.executable, "-m", "rkllm.cli", "doctor", "--json"]
     if runtime is not None:
         args += ["--runtime", runtime]
+    # from a neutral directory: `-m` puts the cwd first on sys.path, and a source tree there
+    # must not shadow the installed package
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+                          env={**os.environ, **env}, cwd=tempfile.gettempdir())
     assert proc.returncode in (0, 1), proc.stderr
     check = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "runtime")
     return dict(check["data"])

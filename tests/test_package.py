@@ -94,3 +94,64 @@ def test_runtime_by_pinned_release(monkeypatch: pytest.MonkeyPatch, quiet_sim: N
     monkeypatch.undo()
     with pytest.raises(rkllm.UnsupportedRuntimeError, match="not pinned"):
         rkllm.load_runtime("9.9.9")
+
+
+# ---------------------------------------------------------------- packaging
+
+def test_simulated_runtimes_have_a_soname_and_no_runpath() -> None:
+    """The simulators stand in for librkllmrt.so (a program linked against one runs on the
+    real runtime) and carry no path of the machine that built them."""
+    from rkllm import machine, releases, sim
+
+    for family in releases.FAMILIES:
+        elf = machine.elf_info(Path(sim.library_path(family)).read_bytes())
+        assert elf.soname == "librkllmrt.so", family
+        assert elf.runpath == (), (family, elf.runpath)
+        assert set(elf.needed) <= {"libc.so.6", "libm.so.6", "libpthread.so.0"}, elf.needed
+
+
+needs_tree = pytest.mark.skipif(not (ROOT / "setup.py").is_file(), reason="needs the source tree")
+
+
+@pytest.mark.slow
+@needs_tree
+def test_sdist_builds_a_wheel_and_its_tests_pass_from_its_root(tmp_path: Path) -> None:
+    """The sdist holds the licence and everything a build needs; a wheel built from it holds
+    the licence; the sdist's tests pass from its root against that wheel (the source tree does
+    not shadow the installed package); no build warns about the project's own configuration."""
+    import tarfile
+    import zipfile
+
+    def run(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> str:
+        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900,
+                              env={**__import__("os").environ, **(env or {})})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    out = run(sys.executable, "setup.py", "sdist", "-d", str(tmp_path / "dist"))
+    assert "no files found matching" not in out, out
+    assert "Warning" not in out, out  # no deprecated or experimental configuration
+    (sdist,) = (tmp_path / "dist").glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path / "src", filter="data")
+    top = names[0].split("/")[0]
+    assert f"{top}/LICENSE" in names and f"{top}/CHANGELOG.md" in names
+    assert not [n for n in names if n.endswith((".so", ".o"))]
+    src = tmp_path / "src" / top
+
+    out = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+              "-w", str(tmp_path / "wheel"), str(src))
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as whl:
+        listed = whl.namelist()
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in listed), listed
+        assert "License-Expression: Apache-2.0" in whl.read(
+            next(n for n in listed if n.endswith(".dist-info/METADATA"))).decode()
+        whl.extractall(tmp_path / "installed")
+
+    # the wheel's files first on the path stand for an installed package; pytest starts in the
+    # sdist's root, as a user who unpacked it would
+    run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_sim.py",
+        "tests/test_modelfile.py", "tests/test_architecture.py", cwd=src,
+        env={"PYTHONPATH": str(tmp_path / "installed")})
