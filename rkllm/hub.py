@@ -200,7 +200,8 @@ class PullResult:
     reason: str
 
 
-def _hub_error(exc: Exception, repo: str, file: str | None, revision: str | None) -> Exception:
+def _hub_error(exc: Exception, repo: str, file: str | None, revision: str | None,
+               endpoint_url: str | None = None) -> Exception:
     """The client's typed errors -> one clear ModelNotFoundError."""
     from huggingface_hub import errors as hfe
     rev = revision or "main"
@@ -217,7 +218,7 @@ def _hub_error(exc: Exception, repo: str, file: str | None, revision: str | None
         msg = (f"{repo}{':' + file if file else ''} is not in the cache and the hub cannot be "
                f"reached ({exc.__cause__ or 'network unavailable'})")
     elif _transient(exc):
-        msg = (f"cannot reach the Hugging Face Hub ({endpoint() or 'https://huggingface.co'}) "
+        msg = (f"cannot reach the Hugging Face Hub ({endpoint(endpoint_url) or 'https://huggingface.co'}) "
                f"for {repo}: {_reason(exc)}; check the network or HF_ENDPOINT, or set "
                f"HF_HUB_OFFLINE=1 to use only cached models (`rkllm list`)")
     else:
@@ -254,7 +255,7 @@ def list_remote(repo: str, *, revision: str | None = None,
         info = HfApi(endpoint=endpoint(endpoint_url)).model_info(
             repo, revision=revision, files_metadata=True)
     except Exception as exc:
-        raise _hub_error(exc, repo, None, revision) from exc
+        raise _hub_error(exc, repo, None, revision, endpoint_url) from exc
     return str(info.sha), list(info.siblings or [])
 
 
@@ -325,7 +326,7 @@ def pull(repo: str, file: str | None = None, *, revision: str | None = None,
             except Exception as exc:
                 if attempt < DOWNLOAD_ATTEMPTS and _transient(exc):
                     continue  # the client resumes from what it kept (0.x) or starts over
-                raise _hub_error(exc, repo, file, revision) from exc
+                raise _hub_error(exc, repo, file, revision, endpoint_url) from exc
     finally:
         if not progress:
             hf_tqdm.enable_progress_bars()
@@ -568,7 +569,7 @@ def repo_metadata(repo: str, *, revision: str | None = None,
         info = HfApi(endpoint=endpoint(endpoint_url)).model_info(
             repo, revision=revision, files_metadata=True)
     except Exception as exc:
-        raise _hub_error(exc, repo, None, revision) from exc
+        raise _hub_error(exc, repo, None, revision, endpoint_url) from exc
     card = getattr(info, "card_data", None)
     out: dict[str, Any] = {
         "id": info.id, "commit": info.sha, "author": info.author,

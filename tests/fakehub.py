@@ -23,6 +23,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".rkllm", ".bin", ".safetensors", ".gguf")
+# what huggingface_hub asks on its own (agent detection, telemetry), not on our behalf
+CLIENT_CHATTER = ("/api/agent-harnesses", "/api/telemetry/")
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -60,6 +62,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.requests: list[Request] = []
+        self.unrouted: list[str] = []          # paths the client asked for that no route serves
         self.drop_once: dict[str, int] = {}   # file path -> bytes to send before dropping (once)
         self.corrupt: set[str] = set()        # file paths served with wrong bytes (same size)
         self._lock = threading.Lock()
@@ -132,7 +135,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _record(self) -> tuple[str, dict[str, list[str]]]:
         parts = urlsplit(self.path)
         with self.hub._lock:
-            self.hub.requests.append(Request(self.command, parts.path, dict(self.headers)))
+            # the client's own background calls are answered but not counted as ours
+            if not parts.path.startswith(CLIENT_CHATTER):
+                self.hub.requests.append(Request(self.command, parts.path, dict(self.headers)))
         return parts.path, parse_qs(parts.query)
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
@@ -175,8 +180,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self) -> None:
         path, query = self._record()
-        if path == "/api/agent-harnesses":
-            return self._json([])
+        if path == "/api/agent-harnesses":  # huggingface_hub 1.x+: agent detection registry
+            return self._json({"standardEnvVars": [], "harnesses": {}})
+        if path.startswith("/api/telemetry/"):  # telemetry pings (HEAD), when not disabled
+            return self._json({})
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
         if m:
             return self._tree(m.group(1), unquote(m.group(2)), unquote(m.group(3) or ""))
@@ -186,6 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if m:
             return self._resolve(m.group(1), unquote(m.group(2)), unquote(m.group(3)))
+        with self.hub._lock:
+            self.hub.unrouted.append(path)
         self._error(404, "NotFound", f"no route for {path}")
 
     def _info(self, repo_id: str, revision: str, blobs: bool) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 from fakehub import FakeHub, sim_model_bytes  # noqa: E402
 
@@ -235,3 +236,30 @@ def test_parse_ref() -> None:
     assert rkhub.parse_ref("a/b:sub/c.rkllm") == rkhub.ModelRef("a/b", "sub/c.rkllm")
     assert rkhub.parse_ref("./a/b") is None and rkhub.parse_ref("/x/y") is None
     assert rkhub.parse_ref("demo") is None
+
+
+def test_pull_with_telemetry_on_asks_only_what_the_hub_serves(hub: FakeHub, tmp_path: Path) -> None:
+    """The client's own calls (agent detection, telemetry) get answers from the test hub, so
+    the suite does not depend on telemetry being off (a fresh process: the client reads its
+    settings at import)."""
+    hub.add_commit(REPO, {"tiny.rkllm": sim_model_bytes()})
+    code = ("import rkllm.hub as h; print(h.pull(%r, 'tiny.rkllm', progress=False).path)" % REPO)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_DISABLE", "DO_NOT"))}
+    env.update(HF_HUB_DISABLE_TELEMETRY="0", HF_HOME=str(tmp_path / "hf2"), HF_ENDPOINT=hub.url)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).is_file()
+    assert hub.unrouted == []
+
+
+def test_pull_without_network_names_the_hub_and_offline_mode(
+        hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:  # a port nobody listens on: the hub is unreachable
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(ModelNotFoundError) as err:
+        rkhub.pull(REPO, progress=False, endpoint_url=dead)
+    message = str(err.value)
+    assert "Hugging Face Hub" in message and dead in message and "HF_HUB_OFFLINE" in message
+    assert "ConnectError" not in message
