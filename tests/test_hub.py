@@ -243,7 +243,7 @@ def test_pull_with_telemetry_on_asks_only_what_the_hub_serves(hub: FakeHub, tmp_
     the suite does not depend on telemetry being off (a fresh process: the client reads its
     settings at import)."""
     hub.add_commit(REPO, {"tiny.rkllm": sim_model_bytes()})
-    code = ("import rkllm.hub as h; print(h.pull(%r, 'tiny.rkllm', progress=False).path)" % REPO)
+    code = f"import rkllm.hub as h; print(h.pull({REPO!r}, 'tiny.rkllm', progress=False).path)"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_DISABLE", "DO_NOT"))}
     env.update(HF_HUB_DISABLE_TELEMETRY="0", HF_HOME=str(tmp_path / "hf2"), HF_ENDPOINT=hub.url)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
