@@ -295,7 +295,7 @@ def check_open_files(sysview: System) -> Check:
 
 def check_models(board: Check, runtime: RuntimeFile | None,
                  cache: str | os.PathLike[str] | None) -> tuple[Check, int]:
-    from rkllm.hub import list_cached
+    from rkllm.model_cache import list_cached
     from rkllm.modelfile import check_compatibility, inspect_model
     try:
         models = list_cached(cache)

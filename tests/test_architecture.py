@@ -141,7 +141,7 @@ def test_family_of_has_one_contract() -> None:
 LAYERS: list[tuple[str, ...]] = [
     ("_native", "errors", "releases"),                          # leaves: no rkllm imports
     ("_lowlevel", "machine"),
-    ("runtimes", "sim", "modelfile", "runtime_finder", "hub", "doctor"),
+    ("runtimes", "sim", "modelfile", "runtime_finder", "hub", "model_cache", "doctor"),
     ("params", "request", "stream"),
     ("core",),
     ("aio", "chat", "types"),

@@ -1,4 +1,4 @@
-"""rkllm.hub against the real huggingface_hub client and a local hub on 127.0.0.1."""
+"""rkllm.hub and rkllm.model_cache against the real huggingface_hub client and a local hub on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from fakehub import FakeHub, sim_model_bytes  # noqa: E402
 
 import rkllm.hub as rkhub  # noqa: E402
+from rkllm import model_cache  # noqa: E402
 from rkllm.errors import IntegrityError, ModelNotFoundError  # noqa: E402
 
 REPO = "acme/Tiny-rk3588-1.2.1"
@@ -42,7 +43,7 @@ def test_pull_single_file_and_list(hub: FakeHub, tmp_path: Path) -> None:
     assert result.file == "tiny.rkllm" and result.commit == commit
     assert Path(result.path).read_bytes() == data
     assert str(cache_root(tmp_path)) in result.path
-    [cached] = rkhub.list_cached()
+    [cached] = model_cache.list_cached()
     assert (cached.repo, cached.file, cached.refs) == (REPO, "tiny.rkllm", ("main",))
     assert (cached.platform, cached.toolkit_version) == ("rk3588", "1.2.1")
     assert cached.sources == {"platform": "file", "toolkit_version": "file"}
@@ -137,17 +138,17 @@ def test_revision_and_unused_revision_clean(hub: FakeHub, tmp_path: Path) -> Non
     tagged = rkhub.pull(REPO, "tiny.rkllm", revision="v1", progress=False)
     assert tagged.commit == old and b"model_name=old" in Path(tagged.path).read_bytes()
     # v1 still points at the old commit: nothing is unused yet
-    assert rkhub.clean(dry_run=True).unused_revisions == []
+    assert model_cache.clean(dry_run=True).unused_revisions == []
     (cache_root(tmp_path) / "models--acme--Tiny-rk3588-1.2.1" / "refs" / "v1").unlink()
     partial = cache_root(tmp_path) / "models--acme--Tiny-rk3588-1.2.1" / "blobs" / "ab.incomplete"
     partial.write_bytes(b"x" * 100)
-    dry = rkhub.clean(dry_run=True)
+    dry = model_cache.clean(dry_run=True)
     assert dry.unused_revisions == [f"{REPO}@{old}"] and dry.incomplete == [str(partial)]
-    assert partial.exists() and len(rkhub.list_cached()) == 2
-    done = rkhub.clean()
+    assert partial.exists() and len(model_cache.list_cached()) == 2
+    done = model_cache.clean()
     assert done.unused_revisions == [f"{REPO}@{old}"] and done.freed >= 100
     assert not partial.exists()
-    assert [m.commit for m in rkhub.list_cached()] == [new]
+    assert [m.commit for m in model_cache.list_cached()] == [new]
 
 
 def test_offline_and_local_first(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,7 +176,7 @@ def test_corrupted_download_detected_and_removed(hub: FakeHub) -> None:
     hub.corrupt.add("tiny.rkllm")
     with pytest.raises(IntegrityError, match="corrupt"):
         rkhub.pull(REPO, "tiny.rkllm", progress=False)
-    assert rkhub.list_cached() == []
+    assert model_cache.list_cached() == []
     blobs = list(rkhub.cache_dir().glob("models--*/blobs/*"))
     assert blobs == []
     hub.corrupt.clear()                          # the next pull starts clean and succeeds
@@ -198,21 +199,21 @@ def test_rm(hub: FakeHub, tmp_path: Path) -> None:
                           "b-rk3588.rkllm": sim_model_bytes(model_name="b")})
     rkhub.pull(REPO, "a-rk3588.rkllm", progress=False)
     rkhub.pull(REPO, "b-rk3588.rkllm", progress=False)
-    removed = rkhub.remove(f"{REPO}:a-rk3588.rkllm")
+    removed = model_cache.remove(f"{REPO}:a-rk3588.rkllm")
     assert [m.file for m in removed] == ["a-rk3588.rkllm"]
     assert not Path(removed[0].path).exists()
-    assert [m.file for m in rkhub.list_cached()] == ["b-rk3588.rkllm"]
+    assert [m.file for m in model_cache.list_cached()] == ["b-rk3588.rkllm"]
     blobs = list(rkhub.cache_dir().glob("models--*/blobs/*"))
     assert len(blobs) == 1                       # a's blob went with it
     with pytest.raises(ModelNotFoundError, match="no cached model"):
-        rkhub.remove("acme/other")
+        model_cache.remove("acme/other")
     outside = tmp_path / "mine.rkllm"
     outside.write_bytes(b"x")
     with pytest.raises(ModelNotFoundError, match="not in the model cache"):
-        rkhub.remove(str(outside))
+        model_cache.remove(str(outside))
     assert outside.exists()
-    rkhub.remove(REPO)
-    assert rkhub.list_cached() == []
+    model_cache.remove(REPO)
+    assert model_cache.list_cached() == []
     assert not (rkhub.cache_dir() / "models--acme--Tiny-rk3588-1.2.1").exists()
 
 

@@ -103,7 +103,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 # -- list ---------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
-    from rkllm.hub import cache_dir, list_cached
+    from rkllm.hub import cache_dir
+    from rkllm.model_cache import list_cached
     models = list_cached()
     if args.json:
         _print_json([m.to_dict() for m in models])
@@ -231,7 +232,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # -- rm / clean ---------------------------------------------------------------------------------
 def cmd_rm(args: argparse.Namespace) -> int:
-    from rkllm.hub import remove
+    from rkllm.model_cache import remove
     removed = []
     for model in args.model:
         removed.extend(remove(model))
@@ -244,7 +245,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from rkllm.hub import clean
+    from rkllm.model_cache import clean
     report = clean(dry_run=args.dry_run)
     if args.json:
         _print_json({**report.to_dict(), "dry_run": args.dry_run})
