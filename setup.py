@@ -16,9 +16,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # The ABI families come from the one release table; it is read as a file because the package
 # cannot be imported before it is built.
 SIM_FAMILIES = runpy.run_path(os.path.join(HERE, "rkllm", "releases.py"))["FAMILIES"]
-# The simulators stand in for the vendor's librkllmrt.so: a program linked against one records
-# that name (DT_NEEDED librkllmrt.so) and runs unchanged on a board with the real runtime.
-SIM_SONAME = "librkllmrt.so"
+# Each simulator's SONAME is its own file name, unique per family: not the vendor's
+# "librkllmrt.so", or a process that loaded a simulator would get it back from any later
+# dlopen("librkllmrt.so") by name (glibc matches loaded SONAMEs first), and two families loaded
+# side by side would share one name. A program linked against one records that file name.
 SIM_SOURCES = sorted(
     os.path.join("csrc", "sim", name)
     for name in os.listdir(os.path.join(HERE, "csrc", "sim"))
@@ -60,7 +61,7 @@ class build_ext_with_sim(build_ext):
                 f"librkllmrt-sim-{family}.so",
                 output_dir=out_dir,
                 libraries=["m", "pthread"],
-                extra_postargs=["-pthread", f"-Wl,-soname,{SIM_SONAME}"],
+                extra_postargs=["-pthread", f"-Wl,-soname,librkllmrt-sim-{family}.so"],
             )
 
 

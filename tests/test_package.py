@@ -99,13 +99,14 @@ def test_runtime_by_pinned_release(monkeypatch: pytest.MonkeyPatch, quiet_sim: N
 # ---------------------------------------------------------------- packaging
 
 def test_simulated_runtimes_have_a_soname_and_no_runpath() -> None:
-    """The simulators stand in for librkllmrt.so (a program linked against one runs on the
-    real runtime) and carry no path of the machine that built them."""
+    """Each simulator is named by its own file name (never the vendor's librkllmrt.so, which a
+    later dlopen by name would then resolve to it) and carries no path of the machine that
+    built it."""
     from rkllm import machine, releases, sim
 
     for family in releases.FAMILIES:
         elf = machine.elf_info(Path(sim.library_path(family)).read_bytes())
-        assert elf.soname == "librkllmrt.so", family
+        assert elf.soname == f"librkllmrt-sim-{family}.so", family
         assert elf.runpath == (), (family, elf.runpath)
         assert set(elf.needed) <= {"libc.so.6", "libm.so.6", "libpthread.so.0"}, elf.needed
 
