@@ -147,8 +147,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("aio", "chat", "types"),
     ("llm",),
     ("__init__",),                                              # the facade: `import rkllm`
-    ("cli",),
-    ("serve",),
+    ("serve",),                                                 # the HTTP server (a library)
+    ("cli",),                       # the entry points: `rkllm serve` (cli/serve.py) starts serve
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
