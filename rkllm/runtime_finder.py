@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rkllm import machine, releases, sim
+from rkllm import machine, releases
 from rkllm.errors import ParamError, RuntimeNotFoundError, UnsupportedRuntimeError
 
 if TYPE_CHECKING:
@@ -60,6 +60,10 @@ def _from_spec(spec: Spec, source: str, abi: str | None) -> RuntimeChoice:
     if is_sim_spec(spec):
         assert isinstance(spec, str)
         wanted = spec[4:] or abi or releases.DEFAULT_FAMILY
+        # imported here: `import rkllm` loads this module, and `python -m rkllm.sim` warns when
+        # the package imported rkllm.sim before running it
+        from rkllm import sim
+
         try:
             path = sim.library_path(wanted)
         except ValueError as exc:

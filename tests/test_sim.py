@@ -65,6 +65,7 @@ def test_python_m_rkllm_sim() -> None:
     assert proc.stdout.strip() == sim.demo_model_path()
     proc = run("-m", "rkllm.sim", "path", "--abi", "9.9.9")
     assert proc.returncode == 1 and "supported releases" in proc.stderr and not proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1 and "ValueError" not in proc.stderr
 
 
 def test_rkllm_sim_cli() -> None:
