@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rkllm import machine, sim
-from rkllm.errors import IntegrityError, ModelNotFoundError
+from rkllm.errors import IntegrityError, ModelNotFoundError, RKLLMError
 from rkllm.modelfile import facts_from_name, model_needs_newer_runtime
 from rkllm.releases import release_key
 from rkllm.runtimes import file_digests
@@ -159,7 +159,7 @@ def runtime_release() -> str | None:
 
     try:
         return machine.read_runtime_file(find_runtime().path).release
-    except Exception:  # no runtime, unreadable: choose without knowing the release
+    except (RKLLMError, ValueError, OSError):  # none, unreadable: choose without knowing it
         return None
 
 
