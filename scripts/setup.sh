@@ -37,9 +37,13 @@ if [ ! -x .venv/bin/python ]; then
   run "$PY" -m venv .venv
 fi
 
+# Extras to install: dev (tests, linters) by default; .ci/run adds browser,fleet (the chat
+# page's and the fleet's tests, which skip with a message without them).
+EXTRAS=${RKLLM_EXTRAS:-dev}
+
 # Everything the compiled part of the install is made from (Python files are linked, not copied).
 stamp_file=.venv/.rkllm-cffi-build-stamp
-stamp=$( { .venv/bin/python -VV; cat pyproject.toml setup.py build_ffi.py;
+stamp=$( { .venv/bin/python -VV; echo "$EXTRAS"; cat pyproject.toml setup.py build_ffi.py;
            find csrc include -type f | LC_ALL=C sort | xargs cat; } | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] &&
    .venv/bin/python -c "import rkllm, rkllm._native" >/dev/null 2>&1; then
@@ -51,6 +55,6 @@ step "installing build tools into .venv (pip, setuptools, cffi)"
 run .venv/bin/python -m pip install -q --upgrade pip "setuptools>=77" "cffi>=1.17"
 step "building rkllm-cffi: the shim and one simulated runtime per ABI family (about a minute)"
 # no build isolation: the tools are in .venv already, so no fresh build environment each time
-run .venv/bin/python -m pip install -q --no-build-isolation -e '.[dev]'
+run .venv/bin/python -m pip install -q --no-build-isolation -e ".[$EXTRAS]"
 echo "$stamp" >"$stamp_file"
 step "ready (.venv/bin/rkllm, .venv/bin/python -m pytest)"
