@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rkllm",
         description="Run large language models on Rockchip NPUs through the RKLLM runtime.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(
+            prog, max_help_position=30))
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--verbose", action="store_true",
                         help="say what was chosen and how long it took (run, chat)")

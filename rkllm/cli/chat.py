@@ -16,6 +16,8 @@ import sys
 import time
 from typing import IO, Any
 
+from rkllm.cli.output import WordWrap
+
 HELP = """Available commands:
   /set system TEXT          set the system prompt (the conversation so far is kept)
   /set parameter NAME VALUE set a run option (max_new_tokens; sampling on runtime 1.3.0)
@@ -250,7 +252,6 @@ class Repl:
         """Continues the conversation in ``path`` (what /save wrote, or a JSON list of
         messages): it replaces the current one, and the next answer follows on from it."""
         from rkllm.chat import ChatSession
-        from rkllm.errors import ParamError
 
         try:
             with open(os.path.expanduser(path), encoding="utf-8") as f:
@@ -261,19 +262,17 @@ class Repl:
         if not isinstance(messages, list):
             return f"Error: {path} holds no list of messages"
         old = self.session
-        keep = {"template": old.template, **old.options}
-        history = old.history
-        old.close()
-        try:
-            self.session = ChatSession(old.llm, messages=messages, **keep)
-        except ParamError as exc:
-            self.session = ChatSession(old.llm, messages=history, **keep)
+        try:  # checks the messages before it touches the model: on error, old goes on as it was
+            new = ChatSession(old.llm, messages=messages, template=old.template, **old.options)
+        except (ValueError, TypeError) as exc:  # ParamError; TypeError for a wrong type
             return f"Error: {path}: {exc}"
+        old.close()
+        self.session = new
         return f"Loaded the conversation ({len(messages)} messages) from {path}"
 
     # ---- answers --------------------------------------------------------------------------
     def answer(self, text: str) -> None:
-        from rkllm.cli.output import WordWrap, fail
+        from rkllm.cli.output import fail
         from rkllm.cli.run import _report
         from rkllm.errors import RKLLMError
 
@@ -291,12 +290,12 @@ class Repl:
             if reply is not None:
                 reply.close()
         except RKLLMError as exc:  # e.g. a conversation longer than the context: say so, go on
-            out.flush()
+            self._end(out)
             fail(exc)
             self.failed = True
             if not self.interactive:
                 return
-        out.flush()
+        self._end(out)
         self.stdout.write("\n\n" if self.interactive else "\n")
         self.stdout.flush()
         if self.verbose and reply is not None:
@@ -305,6 +304,12 @@ class Repl:
             if self.interactive:
                 print(file=self.stderr)
         self.load_s = 0.0
+
+    @staticmethod
+    def _end(out: Any) -> None:
+        if isinstance(out, WordWrap):
+            out.end()
+        out.flush()
 
     def loop(self) -> int:
         while True:

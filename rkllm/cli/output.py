@@ -101,7 +101,11 @@ class WordWrap:
                     self._put_word()
 
     def flush(self) -> None:
-        """Writes the word held so far (the end of an answer) and flushes the stream."""
+        """Flushes what is written (a word still arriving is held back)."""
+        self.stream.flush()
+
+    def end(self) -> None:
+        """The text is complete (or stopped): writes the word held so far."""
         self._put_word()
         self.stream.flush()
 
