@@ -79,3 +79,19 @@ def test_main_in_process_returns_the_exit_codes(capsys: pytest.CaptureFixture[st
     assert "usage: rkllm sim" in capsys.readouterr().out
     assert main([]) == 2  # no verb: the help, as a usage error
     assert "Use \"rkllm COMMAND --help\"" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "verb", "text"), [
+    (["run", "demo", "hi", "--frob"], "rkllm run", "unrecognized arguments: --frob"),
+    (["run"], "rkllm run", "the following arguments are required: MODEL"),
+    (["run", "demo", "-n", "x"], "rkllm run", "invalid int value: 'x'"),
+    (["runtime", "pull", "1.3.0", "--frob"], "rkllm runtime pull", "unrecognized arguments"),
+    (["frob"], "rkllm", "invalid choice: 'frob'"),
+])
+def test_a_usage_error_is_one_line_naming_the_verb(args: list[str], verb: str,
+                                                   text: str) -> None:
+    r = rkllm(*args)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith(f"{verb}: error: ") and text in r.stderr
+    assert r.stderr.rstrip().endswith(f"(see: {verb} --help)")

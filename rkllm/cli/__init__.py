@@ -20,7 +20,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 # verb group modules, in the order their verbs appear in --help
 VERB_MODULES = ("run", "chat", "models", "doctor", "sim", "runtime")
@@ -47,6 +47,22 @@ Use "rkllm COMMAND --help" for more information about a command.
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, with usage errors on one line (not the whole usage first). Every
+    parser puts itself in the parsed arguments: the innermost verb's wins, so main() can
+    report a leftover argument as that verb's error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(verb_parser=self)
+
+    def error(self, message: str) -> NoReturn:
+        from rkllm.cli.output import paint
+
+        self.exit(2, f"{paint(self.prog + ': error', 'red', sys.stderr)}: {message} "
+                     f"(see: {self.prog} --help)\n")
+
+
 class _Verbs:
     """The sub-parsers action as verb modules see it: adds the global options and aliases."""
 
@@ -61,7 +77,7 @@ class _Verbs:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rkllm",
         description="Run large language models on Rockchip NPUs through the RKLLM runtime.",
         epilog=EXAMPLES,
@@ -112,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 word.startswith("-") for word in extra):
             args.prompt += extra
         else:
-            parser.error("unrecognized arguments: " + " ".join(extra))
+            args.verb_parser.error("unrecognized arguments: " + " ".join(extra))
     if args.show_version:
         from importlib.metadata import version
         print(f"rkllm-cffi {version('rkllm-cffi')}")

@@ -36,7 +36,7 @@ def add_model_options(p: argparse.ArgumentParser, *, prompt: bool = False) -> No
     run options, --verbose."""
     p.add_argument("model", metavar="MODEL", help="a .rkllm file, REPO[:FILE], or 'demo'")
     if prompt:
-        p.add_argument("prompt", metavar="PROMPT", nargs="*",
+        p.add_argument("prompt", metavar="PROMPT", nargs="*", default=[],
                        help="the prompt, in one argument or several words, before or after "
                             "the options (default: standard input; at a terminal: a chat)")
     p.add_argument("-n", "--max-new-tokens", type=int, default=None,
