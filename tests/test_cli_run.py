@@ -167,3 +167,21 @@ def test_verbose_says_which_context_length_and_why(verbose_first: bool, tmp_path
     assert "max_context_len: 1000 tokens (from --max-context-len)" in r.stderr
     assert _context_used(trace) == 1000
     assert "max_context_len" not in _run("demo", PROMPT, "-n", "3", RKLLM_SIM_QUIET="1").stderr
+
+
+@pytest.mark.parametrize("verb", ["run", "chat"])
+def test_a_prompt_longer_than_the_context_says_what_to_do(verb: str) -> None:
+    from rkllm import errors
+
+    if not hasattr(errors, "ContextLengthError"):
+        pytest.skip("needs rkllm.errors.ContextLengthError (the core's check of the context)")
+    long_prompt = "word " * 200
+    args = [sys.executable, "-m", "rkllm.cli", verb, "demo", "--max-context-len", "64"]
+    r = subprocess.run(args + ([long_prompt] if verb == "run" else []), timeout=60,
+                       input="" if verb == "run" else long_prompt + "\n",
+                       capture_output=True, text=True, env=_env(RKLLM_SIM_QUIET="1"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("rkllm: error:")]
+    assert len(lines) == 1 and "64" in lines[0], r.stderr
+    assert "--max-context-len up to 16384 (the model file's limit) gives more room" in lines[0]
+    assert ("/clear starts the conversation over" in lines[0]) == (verb == "chat")

@@ -273,7 +273,7 @@ class Repl:
     # ---- answers --------------------------------------------------------------------------
     def answer(self, text: str) -> None:
         from rkllm.cli.output import fail
-        from rkllm.cli.run import _report
+        from rkllm.cli.run import _report, with_context_hint
         from rkllm.errors import RKLLMError
 
         started = time.perf_counter()
@@ -291,7 +291,7 @@ class Repl:
                 reply.close()
         except RKLLMError as exc:  # e.g. a conversation longer than the context: say so, go on
             self._end(out)
-            fail(exc)
+            fail(with_context_hint(exc, self.session.llm, chat=True))
             self.failed = True
             if not self.interactive:
                 return

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from rkllm.cli.output import UsageError
-from rkllm.errors import ParamError, RKLLMError
+from rkllm.errors import GenerationError, ParamError, RKLLMError
 
 SAMPLING_OPTIONS = (
     # (flag, params name, type, help)
@@ -157,22 +157,43 @@ def load_model(args: argparse.Namespace, **params: Any) -> Any:
     return llm
 
 
+def _model_file_context(path: str) -> int | None:
+    """The context length the model file allows, when it says."""
+    try:
+        fact = _package_module("rkllm.modelfile", "rkllm.inspect").inspect_model(
+            path).facts.get("max_context_len")
+    except (ImportError, OSError, RKLLMError):
+        return None
+    return None if fact is None else int(fact.value)
+
+
 def context_note(llm: Any, given: int | None) -> str:
     """The context length ``llm`` was loaded with, and where that number came from."""
     # CoreLLM.context_length where it exists; the params it was loaded with otherwise
     used = getattr(llm, "context_length", None) or llm.params.get("max_context_len")
     if given is not None:
         return f"{used} tokens (from --max-context-len)"
-    try:
-        fact = _package_module("rkllm.modelfile", "rkllm.inspect").inspect_model(
-            llm.model_path).facts.get("max_context_len")
-    except (ImportError, OSError, RKLLMError):
-        fact = None
-    if fact is None:
+    allowed = _model_file_context(llm.model_path)
+    if allowed is None:
         return f"{used} tokens (the default; the model file does not say its limit)"
-    if fact.value == used:
+    if allowed == used:
         return f"{used} tokens (from the model file)"
-    return f"{used} tokens (the default; the model file allows {fact.value})"
+    return f"{used} tokens (the default; the model file allows {allowed})"
+
+
+def with_context_hint(exc: RKLLMError, llm: Any, *, chat: bool = False) -> RKLLMError:
+    """``exc`` with what to do on the command line, when it says the input outgrew the context
+    (rkllm.errors.ContextLengthError carries the ``limit``)."""
+    limit = getattr(exc, "limit", None)
+    if not isinstance(limit, int):
+        return exc
+    todo = ["/clear starts the conversation over"] if chat else []
+    allowed = _model_file_context(llm.model_path)
+    if allowed is not None and allowed > limit:
+        todo.append(f"--max-context-len up to {allowed} (the model file's limit) gives more room")
+    if not todo:
+        return exc
+    return GenerationError(f"{exc}. In rkllm {'chat' if chat else 'run'}: {'; '.join(todo)}")
 
 
 def _ms(ms: float) -> str:
@@ -200,6 +221,17 @@ def _report(total_s: float, load_s: float, stream: Any, stderr: Any) -> None:
         print(f"{name + ':':<{width}}{value}", file=stderr)
 
 
+def _start(llm: Any, args: argparse.Namespace, prompt: str) -> Any:
+    """The stream of the answer to ``prompt``."""
+    if args.system or args.template:
+        # the system prompt goes through the model's chat template, as in `rkllm chat`
+        from rkllm.chat import ChatSession
+
+        return ChatSession(llm, args.system, template=args.template).send(
+            prompt, max_new_tokens=args.max_new_tokens)
+    return llm.generate(prompt, max_new_tokens=args.max_new_tokens)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if not args.prompt and sys.stdin.isatty():  # as `ollama run MODEL`: a conversation
         from rkllm.cli.chat import cmd_chat
@@ -210,17 +242,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     with load_model(args, skip_special_token=not args.show_special) as llm:
         loaded = time.perf_counter()
         out = sys.stdout
-        if args.system or args.template:
-            # the system prompt goes through the model's chat template, as in `rkllm chat`
-            from rkllm.chat import ChatSession
-
-            stream: Any = ChatSession(llm, args.system, template=args.template).send(
-                prompt, max_new_tokens=args.max_new_tokens)
-        else:
-            stream = llm.generate(prompt, max_new_tokens=args.max_new_tokens)
-        for piece in stream:
-            out.write(piece)
-            out.flush()
+        try:
+            stream = _start(llm, args, prompt)
+            for piece in stream:
+                out.write(piece)
+                out.flush()
+        except GenerationError as exc:
+            raise with_context_hint(exc, llm) from exc
         out.write("\n")
         out.flush()
     if args.verbose:
