@@ -4,6 +4,7 @@ subprocess of the installed command line, on the demo model and the simulated ru
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -51,7 +52,8 @@ def test_debug_before_or_after_the_verb_shows_the_traceback(where: str) -> None:
             "nested": [*verb, "--debug"]}[where]
     r = rkllm(*args)
     assert r.returncode == 1 and "Traceback" in r.stderr
-    assert r.stderr.rstrip().splitlines()[-1].startswith("ValueError: no simulated runtime")
+    last = r.stderr.rstrip().splitlines()[-1]  # the exception, as Python prints it
+    assert re.match(r"[\w.]*Error: .*'0\.5'", last), last
 
 
 def test_run_accepts_debug_after_the_verb() -> None:
@@ -68,7 +70,7 @@ def test_a_user_error_is_one_line_naming_no_exception_type() -> None:
     r = rkllm("sim", "path", "--abi", "0.5")
     assert r.returncode == 1
     assert len(r.stderr.splitlines()) == 1
-    assert r.stderr.startswith("rkllm: error: no simulated runtime for RKLLM release '0.5'")
+    assert r.stderr.startswith("rkllm: error: ") and "release '0.5'" in r.stderr
     assert "ValueError" not in r.stderr and "Traceback" not in r.stderr
 
 
