@@ -116,6 +116,12 @@ def test_verbose_timings_after_each_answer() -> None:
     out = chat(f"{Q1}\n{Q2}\n", "-n", "5", "--verbose")
     assert out.returncode == 0, out.stderr
     lines = out.stderr.splitlines()
+    assert sum(line.startswith("max_context_len: ") for line in lines) == 1  # once, at load
+    first = subprocess.run([sys.executable, "-m", "rkllm.cli", "--verbose", "chat", "demo",
+                            "-n", "5"], input=f"{Q1}\n{Q2}\n", capture_output=True, text=True,
+                           env=_env(), timeout=60, check=False)
+    assert first.returncode == 0 and first.stderr.count("max_context_len: ") == 1
+    assert first.stderr.count("eval rate:") == 2
     assert sum(line.startswith("eval rate:") for line in lines) == 2
     assert sum(line.startswith("prompt eval count:") for line in lines) == 2
     assert "finish reason:        length" in out.stderr

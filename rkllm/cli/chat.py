@@ -1,9 +1,10 @@
 """``rkllm chat MODEL``: an interactive conversation, modelled on ``ollama run``.
 
-At a terminal: a ``>>> `` prompt, streamed answers, ``/`` commands (``/?`` lists them),
-``\"\"\"`` for multi-line input, Ctrl-C to stop an answer, Ctrl-D or ``/bye`` to leave. With
-standard input from a pipe or file, every line (or ``\"\"\"`` block) is a message and its
-answer is printed, with no prompt: scriptable.
+At a terminal: a ``>>> `` prompt, streamed answers wrapped between words at the terminal's
+width, ``/`` commands (``/?`` lists them; ``/save`` and ``/load`` keep a conversation as JSON
+messages), ``\"\"\"`` for multi-line input, Ctrl-C to stop an answer, Ctrl-D or ``/bye`` to
+leave. With standard input from a pipe or file, every line (or ``\"\"\"`` block) is a message
+and its answer is printed as it comes, with no prompt: scriptable.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""``rkllm run MODEL [PROMPT]``: stream one answer to stdout.
+"""``rkllm run MODEL [PROMPT]``: stream one answer to stdout (without a PROMPT at a terminal:
+the conversation of ``rkllm chat``, as ``ollama run`` does).
 
 MODEL is a path, ``REPO[:FILE]`` from the Hugging Face cache or hub, or ``demo`` (the
 simulated demo model). Without ``--runtime``, the runtime is found as ``rkllm.LLM`` finds it;
 on a machine with none (an x86_64 PC, say) the simulated runtime is used, and that is said
-once on stderr. Ctrl-C stops the runtime and exits with 130.
+once on stderr. Ctrl-C stops the runtime and exits with 130. The options, the loading of the
+model and the error hints here are shared with ``rkllm chat``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import time
 from typing import Any
 
 from rkllm.cli.output import UsageError
-from rkllm.errors import GenerationError, ParamError, RKLLMError
+from rkllm.errors import (
+    GenerationError,
+    ParamError,
+    RKLLMError,
+    RuntimeNotFoundError,
+    UnsupportedRuntimeError,
+)
 
 SAMPLING_OPTIONS = (
     # (flag, params name, type, help)
@@ -102,7 +110,6 @@ def _choose_runtime(args: argparse.Namespace) -> Any:
     """The runtime: as asked; for the demo model the simulator; else the usual search, with
     the simulator as the fallback of a machine that has no runtime."""
     import rkllm
-    from rkllm.errors import RuntimeNotFoundError, UnsupportedRuntimeError
 
     if args.runtime:
         try:
@@ -110,8 +117,8 @@ def _choose_runtime(args: argparse.Namespace) -> Any:
         except UnsupportedRuntimeError as exc:
             if "--arch" not in str(exc):
                 raise
-            # a vendor release on a machine Rockchip ships no runtime for (an x86_64 PC):
-            # the hint for `rkllm runtime pull --arch` does not apply to run and chat
+            # a vendor release on a machine Rockchip ships no runtime for (an x86_64 PC): the
+            # hint of rkllm.runtimes for `rkllm runtime pull --arch` does not apply to run/chat
             raise UnsupportedRuntimeError(
                 f"runtime {args.runtime} is Rockchip's library for Arm boards; it cannot run "
                 f"on this {platform.machine()} machine. --runtime sim:{args.runtime} runs the "
