@@ -121,7 +121,7 @@ def test_verbose_timings_after_each_answer() -> None:
                             "-n", "5"], input=f"{Q1}\n{Q2}\n", capture_output=True, text=True,
                            env=_env(), timeout=60, check=False)
     assert first.returncode == 0 and first.stderr.count("max_context_len: ") == 1
-    assert first.stderr.count("eval rate:") == 2
+    assert first.stderr.count("\neval rate:") == 2  # not "prompt eval rate:"
     assert sum(line.startswith("eval rate:") for line in lines) == 2
     assert sum(line.startswith("prompt eval count:") for line in lines) == 2
     assert "finish reason:        length" in out.stderr
