@@ -39,6 +39,12 @@ Ctrl-C stops an answer; Ctrl-D or /bye leaves.
 EXIT_HINT = "Use Ctrl + d or /bye to exit."
 SHOW_USAGE = "Usage: /show info | parameters | system | template"
 
+CHAT_EXAMPLES = """\
+examples:
+  rkllm chat demo --system "You are a pirate."     then /? lists the commands
+  printf 'Hi\\nAnd then?\\n' | rkllm chat demo       one answer per line, scriptable
+"""
+
 
 def register(sub: Any) -> None:
     from rkllm.cli.run import add_model_options
@@ -48,7 +54,8 @@ def register(sub: Any) -> None:
         description="Load MODEL and hold a conversation: at a terminal an interactive prompt "
                     "(/? for commands); from a pipe, every line is a message and its answer "
                     "is printed. MODEL: a .rkllm path, REPO[:FILE] (Hugging Face), or 'demo' "
-                    "for the simulated demo model.")
+                    "for the simulated demo model.",
+        epilog=CHAT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p)
     p.set_defaults(func=cmd_chat)
 

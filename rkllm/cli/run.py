@@ -38,6 +38,14 @@ SAMPLING_OPTIONS = (
     ("--max-context-len", "max_context_len", int, "tokens the context holds"),
 )
 
+RUN_EXAMPLES = """\
+examples:
+  rkllm run demo "Tell me about the sea."
+  echo "Why is the sky blue?" | rkllm run demo -n 100
+  rkllm run demo                  at a terminal: a chat (as rkllm chat demo)
+  rkllm run OWNER/MODEL-rk3588:model.rkllm --top-k 1 --verbose "Hello"
+"""
+
 
 def add_model_options(p: argparse.ArgumentParser, *, prompt: bool = False) -> None:
     """The arguments `run` and `chat` share: the model (and for `run` a prompt), the runtime,
@@ -74,7 +82,8 @@ def register(sub: Any) -> None:
                     "stdout; without a PROMPT at a terminal, talk with it as `rkllm chat` does. "
                     "MODEL: a .rkllm path, REPO[:FILE] (Hugging Face), or 'demo' for the "
                     "simulated demo model. Without a real RKLLM runtime on this machine, the "
-                    "simulated runtime is used (and said so on stderr).")
+                    "simulated runtime is used (and said so on stderr).",
+        epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p, prompt=True)
     p.add_argument("--show-special", action="store_true",
                    help="print special tokens such as <|im_end|> (hidden by default)")
