@@ -44,3 +44,22 @@ def test_spaces_at_a_break_are_dropped_and_tabs_take_their_columns() -> None:
     assert wrap("aaaa    bbbb", 8, 1) == "aaaa\nbbbb"
     assert wrap("a\tb", 20, 1) == "a       b"
     assert wrap("a\tbbbbbbbbbbbbbbbb", 12, 1) == "a\nbbbbbbbbbbbb\nbbbb"
+
+
+def test_an_error_is_one_line_and_a_bug_says_how_to_see_where(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from rkllm.cli.output import fail
+    from rkllm.errors import ParamError
+
+    cases = [
+        (ParamError("top_p must be between 0 and 1, got 3"), "rkllm: error: top_p must be"),
+        (FileNotFoundError(2, "No such file or directory", "x.rkllm"), "rkllm: error: [Errno 2]"),
+        (pytest.importorskip("httpx").ConnectError("[Errno -2] Name or service not known"), "rkllm: error: [Errno -2]"),
+        (AttributeError("'NoneType' object has no attribute 'x'"),
+         "rkllm: internal error (AttributeError): 'NoneType'"),
+    ]
+    for exc, start in cases:
+        assert fail(exc) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(start) and err.count("\n") == 1, err
+        assert ("--debug" in err) == isinstance(exc, AttributeError)

@@ -50,19 +50,21 @@ class UsageError(Exception):
     """The command line asks for something impossible (exit code 2, like argparse's errors)."""
 
 
-# errors a user can fix: printed as "rkllm: error: what to do"; anything else is a bug in
-# rkllm-cffi, printed with its type and how to see where it happened
-USER_ERRORS = (RKLLMError, UsageError, ValueError, TypeError, LookupError, OSError)
+# exceptions that mean a bug in rkllm-cffi, not something the user can fix: printed with their
+# type and how to see where they happened. Everything else (bad input, a missing file, no
+# network, an RKLLMError) is printed as "rkllm: error: what happened and what to do".
+BUG_ERRORS = (AttributeError, NameError, AssertionError, NotImplementedError, RecursionError,
+              ArithmeticError, LookupError, TypeError)
 
 
 def fail(exc: BaseException, code: int = 1) -> int:
     """Print an exception as one readable line on stderr and return ``code``."""
     msg = str(exc) or type(exc).__name__
-    if isinstance(exc, USER_ERRORS):
-        label = "rkllm: error"
-    else:
+    if isinstance(exc, BUG_ERRORS) and not isinstance(exc, RKLLMError):
         label = f"rkllm: internal error ({type(exc).__name__})"
         msg += " [rkllm --debug ... shows where]"
+    else:
+        label = "rkllm: error"
     print(f"{paint(label, 'red', sys.stderr)}: {msg}", file=sys.stderr)
     return code
 
