@@ -300,6 +300,7 @@ def test_show_parameters_system_and_template() -> None:
     assert ("<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{PROMPT}<|im_end|>\n"
             "<|im_start|>assistant\n{ANSWER}<|im_end|>\n") in second
     assert second.count("Usage: /show info | parameters | system | template") == 2
+    assert re.search(r"^  max_new_tokens +-1  \(no limit", chat("/show parameters\n").stderr, re.M)
     out = chat("/show system\n/set system Be brief.\n/show system\n", "--system", "Be kind.")
     assert out.stderr.splitlines() == ["Be kind.", "Set system message.", "Be brief."]
 

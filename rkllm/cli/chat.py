@@ -223,7 +223,10 @@ class Repl:
                 rows.append((name, f"{self.session.options[name]}  (set in this chat)"))
             elif loaded.get(name) is not None:
                 value = loaded[name]
-                rows.append((name, f"{value:.6g}" if isinstance(value, float) else str(value)))
+                text = f"{value:.6g}" if isinstance(value, float) else str(value)
+                if name == "max_new_tokens" and value == -1:
+                    text += "  (no limit: until the model ends its answer or the context is full)"
+                rows.append((name, text))
         return "Parameters:\n" + _rows(rows)
 
     def system_prompt(self) -> str:
