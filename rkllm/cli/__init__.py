@@ -7,8 +7,10 @@ Adding a verb group (``serve``, say) is one line: write ``rkllm/cli/serve.py`` w
         p.add_argument(...)
         p.set_defaults(func=cmd_serve)   # cmd_serve(args: argparse.Namespace) -> int
 
-and add ``"serve"`` to VERB_MODULES below. Every verb gets ``--debug`` (tracebacks) and the
-aliases in ALIASES for free; a verb function returns its exit code (0 ok, 1 failed, 2 usage)
+and add ``"serve"`` to VERB_MODULES below. Every verb gets ``--debug`` (tracebacks; so a verb
+must not define its own) and the aliases in ALIASES for free. A verb's own ``--verbose``
+should default to ``argparse.SUPPRESS``, so that the top-level ``rkllm --verbose VERB`` is not
+overridden by it. A verb function returns its exit code (0 ok, 1 failed, 2 usage)
 and raises for errors: main() prints them as one line (UsageError: exit code 2; anything
 else: 1) and Ctrl-C as exit code 130. Verb modules are imported only when the CLI starts, so
 ``import rkllm`` stays light.
