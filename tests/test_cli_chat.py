@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import re
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -111,6 +116,12 @@ def test_verbose_timings_after_each_answer() -> None:
     out = chat(f"{Q1}\n{Q2}\n", "-n", "5", "--verbose")
     assert out.returncode == 0, out.stderr
     lines = out.stderr.splitlines()
+    assert sum(line.startswith("max_context_len: ") for line in lines) == 1  # once, at load
+    first = subprocess.run([sys.executable, "-m", "rkllm.cli", "--verbose", "chat", "demo",
+                            "-n", "5"], input=f"{Q1}\n{Q2}\n", capture_output=True, text=True,
+                           env=_env(), timeout=60, check=False)
+    assert first.returncode == 0 and first.stderr.count("max_context_len: ") == 1
+    assert first.stderr.count("\neval rate:") == 2  # not "prompt eval rate:"
     assert sum(line.startswith("eval rate:") for line in lines) == 2
     assert sum(line.startswith("prompt eval count:") for line in lines) == 2
     assert "finish reason:        length" in out.stderr
@@ -133,15 +144,22 @@ def test_bad_model_is_one_line() -> None:
 # ---- on a terminal ---------------------------------------------------------------------------
 
 class Terminal:
-    """``rkllm chat demo`` on a pseudo-terminal."""
+    """``rkllm chat demo`` (or ``argv``) on a pseudo-terminal ``columns`` wide."""
 
-    def __init__(self, *args: str, **env: str) -> None:
+    def __init__(self, *args: str, argv: tuple[str, ...] = ("chat", "demo"), columns: int = 200,
+                 **env: str) -> None:
         import pty
 
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child
-            os.execve(sys.executable, [sys.executable, "-m", "rkllm.cli", "chat", "demo",
-                                       *args], _env(**env))
+            try:
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+                child_env = {k: v for k, v in _env(**env).items()
+                             if k not in ("COLUMNS", "LINES")}  # the terminal tells the width
+                os.execve(sys.executable, [sys.executable, "-m", "rkllm.cli", *argv, *args],
+                          child_env)
+            finally:
+                os._exit(127)
         self.buf = b""
 
     def read_until(self, token: bytes, timeout: float = 20) -> bytes:
@@ -184,8 +202,8 @@ class Terminal:
 def terminal() -> Iterator[type[Terminal]]:
     opened: list[Terminal] = []
 
-    def make(*args: str, **env: str) -> Terminal:
-        t = Terminal(*args, **env)
+    def make(*args: str, **kwargs: Any) -> Terminal:
+        t = Terminal(*args, **kwargs)
         opened.append(t)
         return t
 
@@ -228,3 +246,116 @@ def test_multiline_and_bye_on_a_terminal(terminal: Any, session_for: Any) -> Non
     assert expected.encode() in answer.replace(b"\r\n", b"\n")
     t.type(b"/bye\r")
     assert t.wait() == 0
+
+
+def _answer_on(t: Terminal, message: bytes) -> str:
+    """Types a message; the answer as printed (lines joined by \\n), up to the blank line
+    before the next prompt."""
+    t.type(message + b"\r")
+    t.read_until(message + b"\r\n")
+    answer = t.read_until(b"\r\n\r\n")[:-4].decode().replace("\r\n", "\n")
+    t.read_until(b">>> ")
+    return answer
+
+
+def test_answers_wrap_between_words_at_the_terminal_width(terminal: Any,
+                                                          session_for: Any) -> None:
+    t = terminal("-n", "80", columns=40)
+    t.read_until(b">>> ")
+    shown = _answer_on(t, Q1.encode())
+    expected = session_for(max_new_tokens=80).send(Q1, stream=False).text
+    assert len(expected) > 120 and "\n" not in expected
+    lines = shown.split("\n")
+    assert len(lines) >= 3 and all(len(line) <= 40 for line in lines)
+    assert " ".join(lines) == expected  # only spaces became line breaks: no word is cut
+    for line, after in zip(lines, lines[1:]):  # each line is as full as the next word allows
+        assert len(line) + 1 + len(after.split(" ")[0]) > 40
+    t.type(b"/bye\r")
+    assert t.wait() == 0
+
+
+def test_run_without_a_prompt_at_a_terminal_opens_the_chat(terminal: Any,
+                                                           session_for: Any) -> None:
+    t = terminal("-n", "12", "--top-k", "1", argv=("run", "demo"))
+    t.read_until(b">>> ")
+    twin = session_for(max_new_tokens=12, top_k=1)
+    assert _answer_on(t, Q1.encode()) == twin.send(Q1, stream=False).text
+    assert _answer_on(t, Q2.encode()) == twin.send(Q2, stream=False).text
+    t.type(b"/bye\r")
+    assert t.wait() == 0
+
+
+def test_show_parameters_system_and_template() -> None:
+    script = "\n".join(["/show parameters", "/set parameter top_k 1", "/show parameters",
+                        "/show system", "/show template", "/show", "/show bogus"]) + "\n"
+    out = chat(script, "-n", "5", "--max-context-len", "1000")
+    assert out.returncode == 0, out.stderr
+    first, second = out.stderr.split("Set parameter 'top_k' to '1'")
+    assert re.search(r"^  max_context_len +1000$", first, re.M)
+    assert re.search(r"^  max_new_tokens +5  \(set in this chat\)$", first, re.M)
+    assert re.search(r"^  temperature +0\.8$", first, re.M)
+    assert re.search(r"^  top_k +40$", first, re.M)
+    assert re.search(r"^  top_k +1  \(set in this chat\)$", second, re.M)
+    assert "You are a helpful assistant.  (the model's default)" in second
+    assert ("<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{PROMPT}<|im_end|>\n"
+            "<|im_start|>assistant\n{ANSWER}<|im_end|>\n") in second
+    assert second.count("Usage: /show info | parameters | system | template") == 2
+    assert re.search(r"^  max_new_tokens +-1  \(no limit", chat("/show parameters\n").stderr, re.M)
+    out = chat("/show system\n/set system Be brief.\n/show system\n", "--system", "Be kind.")
+    assert out.stderr.splitlines() == ["Be kind.", "Set system message.", "Be brief."]
+
+
+def test_show_on_a_terminal(terminal: Any) -> None:
+    t = terminal("--system", "Be kind.")
+    t.read_until(b">>> ")
+    t.type(b"/show system\r")
+    assert t.read_until(b">>> ").endswith(b"Be kind.\r\n>>> ")
+    t.type(b"/show parameters\r")
+    assert b"Parameters:" in t.read_until(b">>> ")
+    t.type(b"\x04")
+    assert t.wait() == 0
+
+
+@pytest.mark.parametrize("family", ["1.1.0", "1.3.0"])
+def test_save_then_load_continues_the_conversation(family: str, tmp_path: Any,
+                                                   terminal: Any, session_for: Any) -> None:
+    saved = tmp_path / "talk.json"
+    out = chat(f"{Q1}\n{Q2}\n/save {saved}\n", "-n", "20", "--system", "Be kind.",
+               "--runtime", f"sim:{family}")
+    assert out.returncode == 0, out.stderr
+    assert f"Saved the conversation (5 messages) to {saved}" in out.stderr
+    twin = session_for(family, system="Be kind.", max_new_tokens=20)
+    a1, a2 = twin.send(Q1, stream=False).text, twin.send(Q2, stream=False).text
+    messages = json.loads(saved.read_text())["messages"]
+    assert messages == [{"role": "system", "content": "Be kind."},
+                        {"role": "user", "content": Q1}, {"role": "assistant", "content": a1},
+                        {"role": "user", "content": Q2}, {"role": "assistant", "content": a2}]
+    # a new chat, at a terminal, picks it up: the next answer follows on from the saved turns
+    t = terminal("-n", "20", "--runtime", f"sim:{family}")
+    t.read_until(b">>> ")
+    t.type(f"/load {saved}\r".encode())
+    assert b"Loaded the conversation (5 messages)" in t.read_until(b">>> ")
+    after_load = _answer_on(t, b"Why?")
+    assert after_load == session_for(family, messages=messages, max_new_tokens=20).send(
+        "Why?", stream=False).text
+    assert after_load != session_for(family, max_new_tokens=20).send("Why?", stream=False).text
+    t.type(b"/show system\r")
+    assert b"Be kind.\r\n" in t.read_until(b">>> ")
+    t.type(b"/bye\r")
+    assert t.wait() == 0
+
+
+def test_a_bad_load_keeps_the_conversation(tmp_path: Any, session_for: Any) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"role": "wizard", "content": "hi"}]))
+    script = "\n".join([Q1, f"/load {tmp_path / 'missing.json'}", f"/load {bad}", "/load",
+                        f"/save {tmp_path / 'no-such-dir' / 'x.json'}", Q2]) + "\n"
+    out = chat(script, "-n", "20")
+    assert out.returncode == 0, out.stderr
+    err = out.stderr
+    assert f"Error: cannot load {tmp_path / 'missing.json'}: No such file" in err
+    assert f"Error: {bad}: " in err and "wizard" in err
+    assert "Usage: /load FILE" in err and "Error: cannot save to" in err
+    twin = session_for(max_new_tokens=20)
+    expected = [twin.send(Q1, stream=False).text, twin.send(Q2, stream=False).text]
+    assert out.stdout.splitlines() == expected

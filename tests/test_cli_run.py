@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import re
 import signal
 import subprocess
 import sys
@@ -117,3 +119,69 @@ def test_special_tokens_hidden_unless_asked() -> None:
     shown = _run("demo", PROMPT, "--show-special", RKLLM_SIM_QUIET="1")
     assert hidden.returncode == shown.returncode == 0
     assert "<|im_end|>" in shown.stdout and "<|im_end|>" not in hidden.stdout
+
+
+def test_an_empty_prompt_on_standard_input_is_a_usage_error() -> None:
+    for stdin in ("", "\n  \n"):
+        r = _run("demo", stdin=stdin)
+        assert r.returncode == 2 and r.stdout == ""
+        assert r.stderr.startswith("rkllm: error: no prompt: give it after the model")
+        assert len(r.stderr.splitlines()) == 1
+
+
+def test_a_vendor_release_that_cannot_run_here_suggests_no_arch_option(tmp_path: Path) -> None:
+    """`run` has no --arch: the hint of `rkllm runtime pull` must not leak into it."""
+    r = _run("--runtime", "1.3.0", "demo", PROMPT, XDG_CACHE_HOME=str(tmp_path))  # empty cache
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--arch" not in r.stderr and len(r.stderr.splitlines()) == 1
+    if platform.machine().lower().startswith(("arm", "aarch")):
+        assert "rkllm runtime pull 1.3.0" in r.stderr
+    else:  # Rockchip ships no runtime for this machine: the simulated one is the way
+        assert "sim:1.3.0" in r.stderr
+
+
+def _context_used(trace: Path) -> int:
+    calls = [json.loads(line) for line in trace.read_text().splitlines()]
+    init = next(c for c in calls if c["call"] == "rkllm_init")
+    return int(init["args"]["param"]["max_context_len"])
+
+
+@pytest.mark.parametrize("verbose_first", [True, False])
+def test_verbose_says_which_context_length_and_why(verbose_first: bool, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    args = ["--verbose", "run", "demo"] if verbose_first else ["run", "demo", "--verbose"]
+    r = subprocess.run([sys.executable, "-m", "rkllm.cli", *args, PROMPT, "-n", "3"],
+                       capture_output=True, text=True, timeout=60,
+                       env=_env(RKLLM_SIM_QUIET="1", RKLLM_SIM_TRACE=str(trace)))
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"^max_context_len: (\d+) tokens \((.*)\)$", r.stderr, re.M)
+    assert m, r.stderr
+    used = int(m.group(1))
+    assert used == _context_used(trace)  # what the runtime was given
+    # the demo model's file allows 16384: the default is that, or a documented cap below it
+    assert m.group(2) == ("from the model file" if used == 16384
+                          else "the default; the model file allows 16384")
+    trace.unlink()
+    r = _run("demo", PROMPT, "-n", "3", "--max-context-len", "1000", "--verbose",
+             RKLLM_SIM_QUIET="1", RKLLM_SIM_TRACE=str(trace))
+    assert "max_context_len: 1000 tokens (from --max-context-len)" in r.stderr
+    assert _context_used(trace) == 1000
+    assert "max_context_len" not in _run("demo", PROMPT, "-n", "3", RKLLM_SIM_QUIET="1").stderr
+
+
+@pytest.mark.parametrize("verb", ["run", "chat"])
+def test_a_prompt_longer_than_the_context_says_what_to_do(verb: str) -> None:
+    from rkllm import errors
+
+    if not hasattr(errors, "ContextLengthError"):
+        pytest.skip("needs rkllm.errors.ContextLengthError (the core's check of the context)")
+    long_prompt = "word " * 200
+    args = [sys.executable, "-m", "rkllm.cli", verb, "demo", "--max-context-len", "64"]
+    r = subprocess.run(args + ([long_prompt] if verb == "run" else []), timeout=60,
+                       input="" if verb == "run" else long_prompt + "\n",
+                       capture_output=True, text=True, env=_env(RKLLM_SIM_QUIET="1"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("rkllm: error:")]
+    assert len(lines) == 1 and "64" in lines[0], r.stderr
+    assert "--max-context-len up to 16384 (the model file's limit) gives more room" in lines[0]
+    assert ("/clear starts the conversation over" in lines[0]) == (verb == "chat")

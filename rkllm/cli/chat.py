@@ -1,23 +1,33 @@
 """``rkllm chat MODEL``: an interactive conversation, modelled on ``ollama run``.
 
-At a terminal: a ``>>> `` prompt, streamed answers, ``/`` commands (``/?`` lists them),
-``\"\"\"`` for multi-line input, Ctrl-C to stop an answer, Ctrl-D or ``/bye`` to leave. With
-standard input from a pipe or file, every line (or ``\"\"\"`` block) is a message and its
-answer is printed, with no prompt: scriptable.
+At a terminal: a ``>>> `` prompt, streamed answers wrapped between words at the terminal's
+width, ``/`` commands (``/?`` lists them; ``/save`` and ``/load`` keep a conversation as JSON
+messages), ``\"\"\"`` for multi-line input, Ctrl-C to stop an answer, Ctrl-D or ``/bye`` to
+leave. With standard input from a pipe or file, every line (or ``\"\"\"`` block) is a message
+and its answer is printed as it comes, with no prompt: scriptable.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
 import time
 from typing import IO, Any
+
+from rkllm.cli.output import WordWrap
 
 HELP = """Available commands:
   /set system TEXT          set the system prompt (the conversation so far is kept)
   /set parameter NAME VALUE set a run option (max_new_tokens; sampling on runtime 1.3.0)
   /set verbose | quiet      show or hide timings after each answer
   /show info                the model, runtime and conversation
+  /show parameters          the run options in effect
+  /show system | template   the system prompt; the chat template
+  /save FILE                save the conversation (JSON messages)
+  /load FILE                continue a saved conversation (or OpenAI-style JSON messages)
   /clear                    forget the conversation
   /bye                      leave (also Ctrl-D)
   /?, /help                 this help
@@ -27,33 +37,26 @@ Ctrl-C stops an answer; Ctrl-D or /bye leaves.
 """
 
 EXIT_HINT = "Use Ctrl + d or /bye to exit."
+SHOW_USAGE = "Usage: /show info | parameters | system | template"
+
+CHAT_EXAMPLES = """\
+examples:
+  rkllm chat demo --system "You are a pirate."     then /? lists the commands
+  printf 'Hi\\nAnd then?\\n' | rkllm chat demo       one answer per line, scriptable
+"""
 
 
 def register(sub: Any) -> None:
-    from rkllm.cli.run import SAMPLING_OPTIONS
+    from rkllm.cli.run import add_model_options
 
     p = sub.add_parser(
         "chat", help="talk with a model (interactive; or one message per input line)",
         description="Load MODEL and hold a conversation: at a terminal an interactive prompt "
                     "(/? for commands); from a pipe, every line is a message and its answer "
                     "is printed. MODEL: a .rkllm path, REPO[:FILE] (Hugging Face), or 'demo' "
-                    "for the simulated demo model.")
-    p.add_argument("model", metavar="MODEL", help="a .rkllm file, REPO[:FILE], or 'demo'")
-    p.add_argument("--system", help="the system prompt")
-    p.add_argument("-n", "--max-new-tokens", type=int, default=None,
-                   help="stop each answer after this many tokens")
-    for flag, _, kind, text in SAMPLING_OPTIONS:
-        p.add_argument(flag, type=kind, default=None, help=text)
-    p.add_argument("--template", metavar="NAME",
-                   help="the model's chat template when its file does not tell "
-                        "(chatml, llama3, deepseek)")
-    p.add_argument("--runtime", metavar="LIB",
-                   help="librkllmrt.so to use, or 'sim' / 'sim:RELEASE' for the simulated one "
-                        "(default: RKLLM_LIBRARY, the bundled runtime, the system's; else sim)")
-    p.add_argument("--abi", metavar="RELEASE",
-                   help="force the runtime's ABI release (like RKLLM_ABI), e.g. 1.2.1")
-    p.add_argument("--verbose", action="store_true",
-                   help="print timings (prompt eval, eval) on stderr after each answer")
+                    "for the simulated demo model.",
+        epilog=CHAT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(p)
     p.set_defaults(func=cmd_chat)
 
 
@@ -62,9 +65,12 @@ class Repl:
     same code serves a terminal and a pipe."""
 
     def __init__(self, session: Any, *, interactive: bool, verbose: bool, load_s: float,
-                 stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> None:
+                 stdin: IO[str], stdout: IO[str], stderr: IO[str],
+                 given_context: int | None = None) -> None:
         self.session = session
         self.interactive = interactive
+        self.wrap = interactive and stdout.isatty()
+        self.given_context = given_context  # --max-context-len, for /show info
         self.verbose = verbose
         self.load_s = load_s
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
@@ -109,7 +115,7 @@ class Repl:
         from rkllm.errors import ParamError
 
         words = line.split(None, 3)
-        name = words[0]
+        name, rest = words[0], line[len(words[0]):].strip()
         if name in ("/bye", "/exit"):
             return False
         if name in ("/?", "/help"):
@@ -118,7 +124,14 @@ class Repl:
             self.session.reset()
             self.say("Cleared session context")
         elif name == "/show":
-            self.say(self.info() if words[1:2] == ["info"] else "Usage: /show info")
+            shows = {"info": self.info, "parameters": self.parameters,
+                     "system": self.system_prompt, "template": self.template}
+            self.say(shows[rest]() if rest in shows else SHOW_USAGE)
+        elif name in ("/save", "/load"):
+            if not rest:
+                self.say(f"Usage: {name} FILE")
+            else:
+                self.say(self.save(rest) if name == "/save" else self.load(rest))
         elif name == "/set":
             what = words[1] if len(words) > 1 else ""
             if what == "system" and len(words) > 2:
@@ -173,6 +186,7 @@ class Repl:
 
     def info(self) -> str:
         from rkllm import params as P
+        from rkllm.cli.run import context_note
 
         llm = self.session.llm
         rt = llm.runtime
@@ -182,7 +196,7 @@ class Repl:
             ("runtime", f"{rt.release or 'release unknown'} (ABI family {llm.family})"),
             ("device", "simulated runtime (no NPU)" if llm.is_simulator else "NPU"),
             ("library", rt.path),
-            ("context", f"{llm.params['max_context_len']} tokens"),
+            ("context", context_note(llm, self.given_context)),
             ("history", "kept in the runtime's kv cache" if self.session.uses_kv_cache
              else "the whole conversation rendered each turn"),
             ("template", template.name if template else "the model's own (not known here)"),
@@ -195,17 +209,88 @@ class Repl:
         if self.session.options:
             rows.append(("options", ", ".join(f"{k}={v}" for k, v in
                                               sorted(self.session.options.items()))))
-        width = max(len(k) for k, _ in rows) + 2
-        return "\n".join(f"  {k:<{width}}{v}" for k, v in rows)
+        return _rows(rows)
+
+    def parameters(self) -> str:
+        """The run options in effect: the model's (set when it was loaded) and this chat's."""
+        from rkllm import params as P
+
+        loaded = self.session.llm.params
+        names = ["max_context_len", "max_new_tokens", *(s.name for s in P.SAMPLING_PARAMS)]
+        rows = []
+        for name in names:
+            if name in self.session.options:
+                rows.append((name, f"{self.session.options[name]}  (set in this chat)"))
+            elif loaded.get(name) is not None:
+                value = loaded[name]
+                text = f"{value:.6g}" if isinstance(value, float) else str(value)
+                if name == "max_new_tokens" and value == -1:
+                    text += "  (no limit: until the model ends its answer or the context is full)"
+                rows.append((name, text))
+        return "Parameters:\n" + _rows(rows)
+
+    def system_prompt(self) -> str:
+        if self.session.system is not None:
+            return str(self.session.system)
+        template = self.session.template
+        if template is not None and template.default_system:
+            return f"{template.default_system}  (the model's default)"
+        return "No system prompt (the model's own, if it has one)."
+
+    def template(self) -> str:
+        t = self.session.template
+        if t is None:
+            return ("The model file does not tell its chat template; the runtime applies its "
+                    "own. Start the chat with --template NAME (chatml, llama3, deepseek) to "
+                    "choose one.")
+        return (f"Template {t.name!r} (SYSTEM: the system prompt; PROMPT: your message):\n"
+                f"{t.system_prefix}{{SYSTEM}}{t.system_postfix}{t.prefix}{{PROMPT}}"
+                f"{t.postfix}{{ANSWER}}{t.turn_end}")
+
+    def save(self, path: str) -> str:
+        """Writes the conversation as JSON: {"model": ..., "messages": [OpenAI-style]}."""
+        messages = self.session.history
+        try:
+            with open(os.path.expanduser(path), "w", encoding="utf-8") as f:
+                json.dump({"model": self.session.llm.model_path, "messages": messages}, f,
+                          ensure_ascii=False, indent=2)
+                f.write("\n")
+        except OSError as exc:
+            return f"Error: cannot save to {path}: {exc.strerror or exc}"
+        return f"Saved the conversation ({len(messages)} messages) to {path}"
+
+    def load(self, path: str) -> str:
+        """Continues the conversation in ``path`` (what /save wrote, or a JSON list of
+        messages): it replaces the current one, and the next answer follows on from it."""
+        from rkllm.chat import ChatSession
+
+        try:
+            with open(os.path.expanduser(path), encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as exc:
+            return f"Error: cannot load {path}: {getattr(exc, 'strerror', None) or exc}"
+        messages = data.get("messages") if isinstance(data, dict) else data
+        if not isinstance(messages, list):
+            return f"Error: {path} holds no list of messages"
+        old = self.session
+        try:  # checks the messages before it touches the model: on error, old goes on as it was
+            new = ChatSession(old.llm, messages=messages, template=old.template, **old.options)
+        except (ValueError, TypeError) as exc:  # ParamError; TypeError for a wrong type
+            return f"Error: {path}: {exc}"
+        old.close()
+        self.session = new
+        return f"Loaded the conversation ({len(messages)} messages) from {path}"
 
     # ---- answers --------------------------------------------------------------------------
     def answer(self, text: str) -> None:
         from rkllm.cli.output import fail
-        from rkllm.cli.run import _report
+        from rkllm.cli.run import _report, with_context_hint
         from rkllm.errors import RKLLMError
 
         started = time.perf_counter()
-        out = self.stdout
+        # at a terminal, lines break between words (at its width now: it may have changed)
+        out: Any = WordWrap(self.stdout, shutil.get_terminal_size().columns) if self.wrap \
+            else self.stdout
         reply = None
         try:
             reply = self.session.send(text)
@@ -216,19 +301,26 @@ class Repl:
             if reply is not None:
                 reply.close()
         except RKLLMError as exc:  # e.g. a conversation longer than the context: say so, go on
-            out.flush()
-            fail(exc)
+            self._end(out)
+            fail(with_context_hint(exc, self.session.llm, chat=True))
             self.failed = True
             if not self.interactive:
                 return
-        out.write("\n\n" if self.interactive else "\n")
-        out.flush()
+        self._end(out)
+        self.stdout.write("\n\n" if self.interactive else "\n")
+        self.stdout.flush()
         if self.verbose and reply is not None:
             _report(time.perf_counter() - started + self.load_s, self.load_s, reply,
                     self.stderr)
             if self.interactive:
                 print(file=self.stderr)
         self.load_s = 0.0
+
+    @staticmethod
+    def _end(out: Any) -> None:
+        if isinstance(out, WordWrap):
+            out.end()
+        out.flush()
 
     def loop(self) -> int:
         while True:
@@ -253,27 +345,25 @@ class Repl:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    import rkllm
+    """`rkllm chat`, and `rkllm run` without a prompt at a terminal."""
     from rkllm.chat import ChatSession
-    from rkllm.cli.run import SAMPLING_OPTIONS, _choose_runtime, _resolve_model
-    from rkllm.errors import ParamError
+    from rkllm.cli.run import load_model
 
     started = time.perf_counter()
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise ParamError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    path = _resolve_model(args.model)
-    params = {name: getattr(args, name) for _, name, _, _ in SAMPLING_OPTIONS
-              if getattr(args, name) is not None}
-    runtime = _choose_runtime(args)
     options = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
-    with rkllm.LLM(path, runtime=runtime.path, abi=args.abi, params=params) as llm, \
+    with load_model(args) as llm, \
             ChatSession(llm, args.system, template=args.template, **options) as session:
         repl = Repl(session, interactive=sys.stdin.isatty(), verbose=args.verbose,
                     load_s=time.perf_counter() - started, stdin=sys.stdin,
-                    stdout=sys.stdout, stderr=sys.stderr)
+                    stdout=sys.stdout, stderr=sys.stderr, given_context=args.max_context_len)
         if repl.interactive:
             try:
                 import readline  # noqa: F401  (line editing and history for input())
             except ImportError:
                 pass
         return repl.loop()
+
+
+def _rows(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows) + 2
+    return "\n".join(f"  {k:<{width}}{v}" for k, v in rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 from collections.abc import Sequence
 from typing import IO
 
@@ -45,9 +46,79 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str],
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=stream)
 
 
-def fail(exc: BaseException) -> int:
-    """Print an exception as one readable line on stderr and return the exit code."""
-    name = "error" if isinstance(exc, RKLLMError) else type(exc).__name__
+class UsageError(Exception):
+    """The command line asks for something impossible (exit code 2, like argparse's errors)."""
+
+
+# exceptions that mean a bug in rkllm-cffi, not something the user can fix: printed with their
+# type and how to see where they happened. Everything else (bad input, a missing file, no
+# network, an RKLLMError) is printed as "rkllm: error: what happened and what to do".
+BUG_ERRORS = (AttributeError, NameError, AssertionError, NotImplementedError, RecursionError,
+              ArithmeticError, LookupError, TypeError)
+
+
+def fail(exc: BaseException, code: int = 1) -> int:
+    """Print an exception as one readable line on stderr and return ``code``."""
     msg = str(exc) or type(exc).__name__
-    print(f"{paint('rkllm: ' + name, 'red', sys.stderr)}: {msg}", file=sys.stderr)
-    return 1
+    if isinstance(exc, BUG_ERRORS) and not isinstance(exc, RKLLMError):
+        label = f"rkllm: internal error ({type(exc).__name__})"
+        msg += " [rkllm --debug ... shows where]"
+    else:
+        label = "rkllm: error"
+    print(f"{paint(label, 'red', sys.stderr)}: {msg}", file=sys.stderr)
+    return code
+
+
+def cells(text: str) -> int:
+    """Terminal columns ``text`` takes: wide (East Asian) characters two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+class WordWrap:
+    """Streamed text to a terminal ``width`` columns wide, broken between words: each word is
+    held until it ends, then goes on the current line if it fits, else on the next one (a word
+    longer than a line is broken at the edge). Spaces at a break are dropped."""
+
+    def __init__(self, stream: IO[str], width: int) -> None:
+        self.stream = stream
+        self.width = max(width, 2)
+        self.column = 0
+        self.word = ""
+        self.space = ""
+
+    def write(self, text: str) -> None:
+        for ch in text:
+            if ch == "\n":
+                self._put_word()
+                self.stream.write("\n")
+                self.column, self.space = 0, ""
+            elif ch.isspace():
+                self._put_word()
+                self.space += " " * (8 - (self.column + len(self.space)) % 8) if ch == "\t" \
+                    else ch
+            else:
+                self.word += ch
+                if cells(self.word) >= self.width:
+                    self._put_word()
+
+    def flush(self) -> None:
+        """Flushes what is written (a word still arriving is held back)."""
+        self.stream.flush()
+
+    def end(self) -> None:
+        """The text is complete (or stopped): writes the word held so far."""
+        self._put_word()
+        self.stream.flush()
+
+    def _put_word(self) -> None:
+        if not self.word:
+            return
+        need = cells(self.space) + cells(self.word)
+        if self.column > 0 and self.column + need > self.width:
+            self.stream.write("\n")
+            self.column, self.space = 0, ""
+            need = cells(self.word)
+        self.stream.write(self.space + self.word)
+        self.column += need
+        self.word = self.space = ""

@@ -1,18 +1,30 @@
-"""``rkllm run MODEL [PROMPT]``: stream one answer to stdout.
+"""``rkllm run MODEL [PROMPT]``: stream one answer to stdout (without a PROMPT at a terminal:
+the conversation of ``rkllm chat``, as ``ollama run`` does).
 
 MODEL is a path, ``REPO[:FILE]`` from the Hugging Face cache or hub, or ``demo`` (the
 simulated demo model). Without ``--runtime``, the runtime is found as ``rkllm.LLM`` finds it;
 on a machine with none (an x86_64 PC, say) the simulated runtime is used, and that is said
-once on stderr. Ctrl-C stops the runtime and exits with 130.
+once on stderr. Ctrl-C stops the runtime and exits with 130. The options, the loading of the
+model and the error hints here are shared with ``rkllm chat``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import time
 from typing import Any
+
+from rkllm.cli.output import UsageError
+from rkllm.errors import (
+    GenerationError,
+    ParamError,
+    RKLLMError,
+    RuntimeNotFoundError,
+    UnsupportedRuntimeError,
+)
 
 SAMPLING_OPTIONS = (
     # (flag, params name, type, help)
@@ -25,45 +37,61 @@ SAMPLING_OPTIONS = (
     ("--max-context-len", "max_context_len", int, "tokens the context holds"),
 )
 
+RUN_EXAMPLES = """\
+examples:
+  rkllm run demo "Tell me about the sea."
+  echo "Why is the sky blue?" | rkllm run demo -n 100
+  rkllm run demo                  at a terminal: a chat (as rkllm chat demo)
+  rkllm run OWNER/MODEL-rk3588:model.rkllm --top-k 1 --verbose "Hello"
+"""
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "run", help="stream an answer from a model",
-        description="Load MODEL and stream its answer to PROMPT (or to standard input) on "
-                    "stdout. MODEL: a .rkllm path, REPO[:FILE] (Hugging Face), or 'demo' for "
-                    "the simulated demo model. Without a real RKLLM runtime on this machine, "
-                    "the simulated runtime is used (and said so on stderr).")
+
+def add_model_options(p: argparse.ArgumentParser, *, prompt: bool = False) -> None:
+    """The arguments `run` and `chat` share: the model (and for `run` a prompt), the runtime,
+    run options, --verbose."""
     p.add_argument("model", metavar="MODEL", help="a .rkllm file, REPO[:FILE], or 'demo'")
-    p.add_argument("prompt", metavar="PROMPT", nargs="*",
-                   help="the prompt, in one argument or several words, before or after the "
-                        "options (default: read from standard input)")
+    if prompt:
+        p.add_argument("prompt", metavar="PROMPT", nargs="*", default=[],
+                       help="the prompt, in one argument or several words, before or after "
+                            "the options (default: standard input; at a terminal: a chat)")
     p.add_argument("-n", "--max-new-tokens", type=int, default=None,
-                   help="stop after this many tokens (default: the model's limit)")
+                   help="stop each answer after this many tokens (default: the model's limit)")
     for flag, _, kind, text in SAMPLING_OPTIONS:
         p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--system", help="the system prompt (applied through the model's chat template)")
-    p.add_argument("--show-special", action="store_true",
-                   help="print special tokens such as <|im_end|> (hidden by default)")
+    p.add_argument("--template", metavar="NAME",
+                   help="the model's chat template when its file does not tell "
+                        "(chatml, llama3, deepseek)")
     p.add_argument("--runtime", metavar="LIB",
                    help="librkllmrt.so to use, a pinned release fetched with `rkllm runtime "
                         "pull` (e.g. 1.3.0), or 'sim' / 'sim:RELEASE' for the simulated one "
                         "(default: RKLLM_LIBRARY, the bundled runtime, the system's; else sim)")
     p.add_argument("--abi", metavar="RELEASE",
                    help="force the runtime's ABI release (like RKLLM_ABI), e.g. 1.2.1")
-    p.add_argument("--verbose", action="store_true",
-                   help="print timings (load, prompt eval, eval) on stderr when done")
+    # SUPPRESS: `rkllm --verbose run` (the top-level flag) is not overridden by this default
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="say which context length was used, and timings (load, prompt eval, "
+                        "eval) on stderr after each answer")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "run", help="stream an answer from a model (or talk with it, at a terminal)",
+        description="Load MODEL and stream its answer to PROMPT (or to standard input) on "
+                    "stdout; without a PROMPT at a terminal, talk with it as `rkllm chat` does. "
+                    "MODEL: a .rkllm path, REPO[:FILE] (Hugging Face), or 'demo' for the "
+                    "simulated demo model. Without a real RKLLM runtime on this machine, the "
+                    "simulated runtime is used (and said so on stderr).",
+        epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(p, prompt=True)
+    p.add_argument("--show-special", action="store_true",
+                   help="print special tokens such as <|im_end|> (hidden by default)")
     p.set_defaults(func=cmd_run)
 
 
 def _resolve_model(ref: str) -> str:
-    try:
-        from rkllm.hub import resolve_model
-    except ImportError:  # the Hugging Face layer is optional here: paths and demo still work
-        if ref == "demo" and not os.path.exists(ref):
-            from rkllm.sim import demo_model_path
+    from rkllm.hub import resolve_model
 
-            return demo_model_path()
-        return ref
     return resolve_model(ref)
 
 
@@ -71,10 +99,19 @@ def _choose_runtime(args: argparse.Namespace) -> Any:
     """The runtime: as asked; for the demo model the simulator; else the usual search, with
     the simulator as the fallback of a machine that has no runtime."""
     import rkllm
-    from rkllm.errors import RuntimeNotFoundError
 
     if args.runtime:
-        return rkllm.load_runtime(args.runtime, abi=args.abi)
+        try:
+            return rkllm.load_runtime(args.runtime, abi=args.abi)
+        except UnsupportedRuntimeError as exc:
+            if "--arch" not in str(exc):
+                raise
+            # a vendor release on a machine Rockchip ships no runtime for (an x86_64 PC): the
+            # hint of rkllm.runtimes for `rkllm runtime pull --arch` does not apply to run/chat
+            raise UnsupportedRuntimeError(
+                f"runtime {args.runtime} is Rockchip's library for Arm boards; it cannot run "
+                f"on this {platform.machine()} machine. --runtime sim:{args.runtime} runs the "
+                "simulated runtime of that release") from None
     if args.model == "demo" and not os.environ.get("RKLLM_LIBRARY"):
         return rkllm.load_runtime("sim", abi=args.abi)
     try:
@@ -91,9 +128,69 @@ def _choose_runtime(args: argparse.Namespace) -> Any:
 def _read_prompt(args: argparse.Namespace) -> str:
     if args.prompt:
         return " ".join(args.prompt)
-    if sys.stdin.isatty():
-        print("(type the prompt, then Ctrl-D)", file=sys.stderr, flush=True)
-    return sys.stdin.read().rstrip("\n")
+    prompt = sys.stdin.read().rstrip("\n")
+    if not prompt.strip():
+        raise UsageError(f"no prompt: give it after the model (rkllm run {args.model} "
+                         f"\"Why is the sky blue?\"), or on standard input")
+    return prompt
+
+
+def load_model(args: argparse.Namespace, **params: Any) -> Any:
+    """``rkllm.LLM`` for args.model with the sampling options given (the caller closes it);
+    with --verbose, says on stderr which context length it got and why."""
+    import rkllm
+
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ParamError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    path = _resolve_model(args.model)
+    params.update({name: getattr(args, name) for _, name, _, _ in SAMPLING_OPTIONS
+                   if getattr(args, name) is not None})
+    runtime = _choose_runtime(args)
+    llm = rkllm.LLM(path, runtime=runtime.path, abi=args.abi, params=params)
+    if args.verbose:
+        print(f"max_context_len: {context_note(llm, args.max_context_len)}", file=sys.stderr,
+              flush=True)
+    return llm
+
+
+def _model_file_context(path: str) -> int | None:
+    """The context length the model file allows, when it says."""
+    try:
+        from rkllm.modelfile import inspect_model
+
+        fact = inspect_model(path).facts.get("max_context_len")
+    except (OSError, RKLLMError):
+        return None
+    return None if fact is None else int(fact.value)
+
+
+def context_note(llm: Any, given: int | None) -> str:
+    """The context length ``llm`` was loaded with, and where that number came from."""
+    # CoreLLM.context_length where it exists; the params it was loaded with otherwise
+    used = getattr(llm, "context_length", None) or llm.params.get("max_context_len")
+    if given is not None:
+        return f"{used} tokens (from --max-context-len)"
+    allowed = _model_file_context(llm.model_path)
+    if allowed is None:
+        return f"{used} tokens (the default; the model file does not say its limit)"
+    if allowed == used:
+        return f"{used} tokens (from the model file)"
+    return f"{used} tokens (the default; the model file allows {allowed})"
+
+
+def with_context_hint(exc: RKLLMError, llm: Any, *, chat: bool = False) -> RKLLMError:
+    """``exc`` with what to do on the command line, when it says the input outgrew the context
+    (rkllm.errors.ContextLengthError carries the ``limit``)."""
+    limit = getattr(exc, "limit", None)
+    if not isinstance(limit, int):
+        return exc
+    todo = ["/clear starts the conversation over"] if chat else []
+    allowed = _model_file_context(llm.model_path)
+    if allowed is not None and allowed > limit:
+        todo.append(f"--max-context-len up to {allowed} (the model file's limit) gives more room")
+    if not todo:
+        return exc
+    return GenerationError(f"{exc}. In rkllm {'chat' if chat else 'run'}: {'; '.join(todo)}")
 
 
 def _ms(ms: float) -> str:
@@ -121,33 +218,34 @@ def _report(total_s: float, load_s: float, stream: Any, stderr: Any) -> None:
         print(f"{name + ':':<{width}}{value}", file=stderr)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import rkllm
-    from rkllm.errors import ParamError
+def _start(llm: Any, args: argparse.Namespace, prompt: str) -> Any:
+    """The stream of the answer to ``prompt``."""
+    if args.system or args.template:
+        # the system prompt goes through the model's chat template, as in `rkllm chat`
+        from rkllm.chat import ChatSession
 
+        return ChatSession(llm, args.system, template=args.template).send(
+            prompt, max_new_tokens=args.max_new_tokens)
+    return llm.generate(prompt, max_new_tokens=args.max_new_tokens)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.prompt and sys.stdin.isatty():  # as `ollama run MODEL`: a conversation
+        from rkllm.cli.chat import cmd_chat
+
+        return cmd_chat(args)
     started = time.perf_counter()
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise ParamError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    path = _resolve_model(args.model)
     prompt = _read_prompt(args)
-    params: dict[str, Any] = {name: getattr(args, name) for _, name, _, _ in SAMPLING_OPTIONS
-                              if getattr(args, name) is not None}
-    params["skip_special_token"] = not args.show_special
-    runtime = _choose_runtime(args)
-    with rkllm.LLM(path, runtime=runtime.path, abi=args.abi, params=params) as llm:
+    with load_model(args, skip_special_token=not args.show_special) as llm:
         loaded = time.perf_counter()
         out = sys.stdout
-        if args.system:
-            # the system prompt goes through the model's chat template, as in `rkllm chat`
-            from rkllm.chat import ChatSession
-
-            stream: Any = ChatSession(llm, args.system).send(
-                prompt, max_new_tokens=args.max_new_tokens)
-        else:
-            stream = llm.generate(prompt, max_new_tokens=args.max_new_tokens)
-        for piece in stream:
-            out.write(piece)
-            out.flush()
+        try:
+            stream = _start(llm, args, prompt)
+            for piece in stream:
+                out.write(piece)
+                out.flush()
+        except GenerationError as exc:
+            raise with_context_hint(exc, llm) from exc
         out.write("\n")
         out.flush()
     if args.verbose:
