@@ -58,7 +58,8 @@ COMMON_CHECKS = {
     "dlopen", "sim_info", "exported_functions", "internals_hidden", "default_param",
     "init_missing_file", "init_empty_file", "init_truncated_file", "init_corrupt_file",
     "init_other_format", "init_incompatible_model", "init_lora_as_model", "init_null_arguments",
-    "run_blocking", "callbacks_on_runtime_thread", "deterministic_same_handle",
+    "run_blocking", "blocking_callbacks_on_caller_thread",
+    "async_callbacks_on_runtime_thread", "deterministic_same_handle",
     "deterministic_new_handle", "prompt_changes_text", "max_new_tokens_5", "max_new_tokens_minus_one",
     "top_k_changes_text", "temperature_changes_text", "top_p_changes_text",
     "repeat_penalty_changes_text", "frequency_penalty_changes_text",
@@ -219,9 +220,16 @@ def test_trace_records_every_call_and_field(family: str, sims: dict[str, Path], 
     trace = tmp_path / "trace.jsonl"
     subprocess.run([str(exe), str(DEMO)], env=sim_env(RKLLM_SIM_TRACE=str(trace), RKLLM_SIM_QUIET="1"),
                    check=True, capture_output=True, timeout=60)
-    records = [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines()]
-    assert [r["call"] for r in records] == ["rkllm_createDefaultParam", "rkllm_init", "rkllm_run",
-                                            "rkllm_destroy", "rkllm_destroy"]
+    lines = [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines()]
+    # the blocking run's run_end line comes before its rkllm_run line (written when it returns)
+    assert [r["call"] for r in lines] == ["rkllm_createDefaultParam", "rkllm_init", "run_end", "rkllm_run",
+                                          "rkllm_destroy", "rkllm_destroy"]
+    run_end = lines.pop(2)
+    assert run_end["args"]["handle"] == lines[1]["args"]["handle"]
+    assert run_end["args"]["prefill_tokens"] > 5 and run_end["args"]["cached_tokens"] == 0
+    assert run_end["args"]["generate_tokens"] > 0 and run_end["args"]["end"] == "finish"
+    assert run_end["rc"] == 0
+    records = lines
     assert [r["rc"] for r in records] == [0, 0, 0, 0, -1]
     init = records[1]["args"]
     assert init["param"]["model_path"] == str(DEMO)

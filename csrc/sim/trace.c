@@ -141,8 +141,6 @@ void sim_json_begin(sim_json *j, const char *call)
     sim_json_open(j, "args");
 }
 
-void sim_json_key(sim_json *j, const char *key) { comma_key(j, key); }
-
 void sim_json_open(sim_json *j, const char *key)
 {
     comma_key(j, key);
