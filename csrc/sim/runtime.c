@@ -356,6 +356,12 @@ static int submit(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip, void *u
     if (!h)
         goto out;
     sim_job job;
+    sim_faults faults;
+    char err[256];
+    if (sim_faults_read(&faults, err, sizeof err) != 0) {
+        sim_error("%s: %s", fn, err);
+        goto done;
+    }
     if (sim_make_job(h, in, ip, userdata, &job, fn) != 0) {
         sim_job_free(&job);
         goto done;
@@ -368,6 +374,7 @@ static int submit(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip, void *u
         sim_job_free(&job);
         goto done;
     }
+    h->faults = faults; /* read per run: a test can inject a fault into one run */
     h->job = job;
     h->abort_flag = 0;
     h->running = 1;

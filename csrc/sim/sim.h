@@ -102,7 +102,7 @@ void sim_json_bool(sim_json *j, const char *key, int v);
 void sim_json_ptr(sim_json *j, const char *key, const void *p);
 void sim_json_end(sim_json *j, int rc); /* adds "rc", writes the line, frees */
 
-/* ---- faults injected for testing clients (faults.c; read at rkllm_init) ---- */
+/* ---- faults injected for testing clients (faults.c; read at rkllm_init and at each run) ---- */
 
 enum { SIM_FAULT_NONE, SIM_FAULT_INIT_PARTIAL, SIM_FAULT_INIT_NULL, SIM_FAULT_PREFILL_ERROR,
        SIM_FAULT_ERROR_AFTER, SIM_FAULT_NO_FINISH, SIM_FAULT_LATE_CALLBACK };
