@@ -262,6 +262,23 @@ def test_demo_model_loads_and_newer_models_fail(family: str, sims: dict[str, Pat
     assert "needs a newer runtime" in bad.stderr and f"ABI family {family}" in bad.stderr
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lock_held_across_a_blocking_run(family: str, sims: dict[str, Path], tmp_path: Path) -> None:
+    """A client that holds a lock across rkllm_run and takes it in the callback (as a pybind11
+    module does with the GIL) works: a blocking run calls back on the caller's thread. With
+    RKLLM_SIM_CALLBACK_THREAD=worker the callback cannot take the lock (it would deadlock;
+    the client gives up after 200 ms). rkllm_abort from another thread stops a
+    blocking run that calls back on the caller's thread."""
+    exe = compile_client("lock_client.c", family, sims[family], tmp_path)
+    proc = subprocess.run([str(exe), str(DEMO)], env=sim_env(RKLLM_SIM_QUIET="1"), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.split("\n")[:3] == ["runs_ok", "lock_failures 0", "abort_ok"], \
+        proc.stdout + proc.stderr
+    proc = subprocess.run([str(exe), str(DEMO)], env=sim_env(RKLLM_SIM_QUIET="1", RKLLM_SIM_CALLBACK_THREAD="worker"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "lock_failures 0" not in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_committed_demo_model_matches_generator(tmp_path: Path) -> None:
     fresh = make_model(tmp_path / "demo.rkllm")
     assert fresh.read_bytes() == DEMO.read_bytes(), "regenerate rkllm/_sim/demo.rkllm with make_model.py"
