@@ -62,6 +62,52 @@ SIM_EXPORT RKLLMParam rkllm_createDefaultParam(void)
 
 /* ---- executing runs ---- */
 
+/* RKLLM_SIM_FAULT=late_callback: a thread of the runtime calls back once more after the
+ * aborted run ended, whatever runs by then (rkllm_destroy waits for it). */
+typedef struct {
+    sim_handle *h;
+    void *userdata;
+} late_args;
+
+static void *late_main(void *arg)
+{
+    late_args a = *(late_args *)arg;
+    free(arg);
+    sim_late_callback(a.h, a.userdata);
+    return NULL;
+}
+
+/* Guards late_thread / late_started; not h->mu, which the late callback's client may need. */
+static pthread_mutex_t late_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void join_late_locked(sim_handle *h)
+{
+    if (h->late_started)
+        pthread_join(h->late_thread, NULL);
+    h->late_started = 0;
+}
+
+static void join_late_callback(sim_handle *h)
+{
+    pthread_mutex_lock(&late_mu);
+    join_late_locked(h);
+    pthread_mutex_unlock(&late_mu);
+}
+
+static void start_late_callback(sim_handle *h, void *userdata)
+{
+    pthread_mutex_lock(&late_mu);
+    join_late_locked(h); /* one at a time */
+    late_args *a = malloc(sizeof *a);
+    if (a) {
+        a->h = h, a->userdata = userdata;
+        h->late_started = pthread_create(&h->late_thread, NULL, late_main, a) == 0;
+        if (!h->late_started)
+            free(a);
+    }
+    pthread_mutex_unlock(&late_mu);
+}
+
 /* Executes the submitted job on this thread (the worker, or a blocking rkllm_run's caller),
  * then marks the handle idle. An accepted run always ends with a final callback, even when
  * destroy aborts it (unless RKLLM_SIM_FAULT=no_finish). Called and returns with h->mu free. */
@@ -78,31 +124,22 @@ static int execute(sim_handle *h)
     h->running = 0;
     h->finishing = 0;
     h->done_seq++;
-    if (h->faults.kind == SIM_FAULT_LATE_CALLBACK && h->last_end == SIM_END_ABORT) {
-        h->late_pending = 1; /* the worker calls back once more after rkllm_abort returned */
-        h->late_userdata = userdata;
-    }
+    int late = h->faults.kind == SIM_FAULT_LATE_CALLBACK && h->last_end == SIM_END_ABORT;
     pthread_cond_broadcast(&h->cv);
     pthread_mutex_unlock(&h->mu);
+    if (late)
+        start_late_callback(h, userdata);
     return rc;
 }
 
-/* The handle's own thread: async runs, and the late callback of RKLLM_SIM_FAULT=late_callback. */
+/* The handle's own thread: async runs (and blocking ones with RKLLM_SIM_CALLBACK_THREAD=worker). */
 static void *worker(void *arg)
 {
     sim_handle *h = arg;
     pthread_mutex_lock(&h->mu);
     for (;;) {
-        while (!h->has_job && !h->late_pending && !h->quit)
+        while (!h->has_job && !h->quit)
             pthread_cond_wait(&h->cv, &h->mu);
-        if (h->late_pending) {
-            h->late_pending = 0;
-            void *userdata = h->late_userdata;
-            pthread_mutex_unlock(&h->mu);
-            sim_late_callback(h, userdata);
-            pthread_mutex_lock(&h->mu);
-            continue;
-        }
         if (!h->has_job)
             break; /* quit */
         h->has_job = 0;
@@ -330,6 +367,7 @@ SIM_EXPORT int rkllm_destroy(LLMHandle handle)
             pthread_cond_wait(&h->cv, &h->mu);
         pthread_mutex_unlock(&h->mu);
         pthread_join(h->thread, NULL);
+        join_late_callback(h);
         sim_release_last(h);
         pthread_mutex_destroy(&h->mu);
         pthread_cond_destroy(&h->cv);

@@ -198,8 +198,8 @@ typedef struct sim_handle {
     int users;              /* API calls in progress (registry) */
     sim_faults faults;
     int last_end;           /* SIM_END_* of the last run */
-    int late_pending;       /* the worker owes a late callback (RKLLM_SIM_FAULT=late_callback) */
-    void *late_userdata;
+    pthread_t late_thread;  /* RKLLM_SIM_FAULT=late_callback's caller */
+    int late_started;
 } sim_handle;
 
 /* registry.c: the live handles; a client's handle is an id checked against them */
