@@ -90,12 +90,10 @@ typedef struct {
     int first; /* no comma needed before the next member */
 } sim_json;
 
-int sim_trace_on(void);
 void sim_json_begin(sim_json *j, const char *call);
 void sim_json_open(sim_json *j, const char *key);  /* "key": { */
 void sim_json_close(sim_json *j);                  /* } */
 void sim_json_str(sim_json *j, const char *key, const char *s);
-void sim_json_strn(sim_json *j, const char *key, const char *s, size_t n);
 void sim_json_int(sim_json *j, const char *key, long long v);
 void sim_json_float(sim_json *j, const char *key, double v);
 void sim_json_bool(sim_json *j, const char *key, int v);
