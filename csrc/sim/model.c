@@ -15,19 +15,23 @@
 #define MAGIC "RKSIMLLM"
 #define FORMAT_VERSION 1
 
+static uint32_t crc_table[256];
+
+static void make_crc_table(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
 uint32_t sim_crc32(uint32_t crc, const void *data, size_t len)
 {
-    static uint32_t table[256];
-    static int ready;
-    if (!ready) { /* idempotent, so a race only repeats the same work */
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++)
-                c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            table[i] = c;
-        }
-        ready = 1;
-    }
+    static pthread_once_t once = PTHREAD_ONCE_INIT; /* threads may load models at once */
+    pthread_once(&once, make_crc_table);
+    const uint32_t *table = crc_table;
     const uint8_t *p = data;
     crc = ~crc;
     while (len--)
