@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -216,3 +217,36 @@ def test_init_partial_frees_everything_under_leak_sanitizer(tmp_path: Path) -> N
         pytest.skip("LeakSanitizer cannot run here (ptrace restricted)")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["failed", "20"]
+
+
+CHILD_AFTER_FORK = """
+import os, sys, rkllm
+llm = rkllm.LLM(rkllm.sim.demo_model_path(), runtime="sim")
+reference = llm.complete("Hi").text
+pid = os.fork()
+if pid == 0:
+    try:
+        llm.complete("Hi")
+        os._exit(3)  # the parent's handle must not work in the child
+    except rkllm.errors.GenerationError:
+        pass
+    try:
+        llm.close()
+    except rkllm.errors.RKLLMError:
+        pass
+    with rkllm.LLM(rkllm.sim.demo_model_path(), runtime="sim") as fresh:  # a new one does
+        os._exit(0 if fresh.complete("Hi").text == reference else 4)
+_, status = os.waitpid(pid, 0)
+assert llm.complete("Hi").text == reference
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_forked_child_gets_errors_not_hangs(tmp_path: Path) -> None:
+    """After fork() the child has none of the runtime's threads: the parent's handle fails at
+    once (run and destroy), a new handle works, and the parent is unaffected."""
+    env = {"PATH": "/usr/bin:/bin", "RKLLM_SIM_QUIET": "1"}
+    proc = subprocess.run([sys.executable, "-c", CHILD_AFTER_FORK], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "was created before fork(), in the parent process" in proc.stderr

@@ -16,6 +16,21 @@ static uint32_t g_next_id = 1;
 
 LLMHandle sim_handle_value(const sim_handle *h) { return (LLMHandle)(uintptr_t)(HANDLE_BASE + 16u * h->id); }
 
+/* After fork() the child has none of the parent's threads, and the parent's locks may be held
+ * forever: its handles are marked, and every call on them (destroy too) fails at once
+ * instead of waiting for a thread that does not exist. The child may create new handles. */
+static void in_forked_child(void)
+{
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t fresh_cv = PTHREAD_COND_INITIALIZER;
+    g_mu = fresh;
+    g_cv = fresh_cv;
+    for (size_t i = 0; i < g_n_live; i++)
+        g_live[i]->forked = 1;
+}
+
+__attribute__((constructor)) static void watch_fork(void) { pthread_atfork(NULL, NULL, in_forked_child); }
+
 int sim_register(sim_handle *h)
 {
     pthread_mutex_lock(&g_mu);
@@ -59,6 +74,13 @@ sim_handle *sim_acquire(LLMHandle handle, const char *fn)
             h->users++;
             break;
         }
+    if (h && h->forked) {
+        h->users--;
+        pthread_mutex_unlock(&g_mu);
+        sim_error("%s: handle %p was created before fork(), in the parent process; it cannot be used "
+                  "(or destroyed) in the child", fn, handle);
+        return NULL;
+    }
     pthread_mutex_unlock(&g_mu);
     if (!h)
         sim_error("%s: invalid handle %p (never created by rkllm_init, or already destroyed)", fn, handle);

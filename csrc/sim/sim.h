@@ -195,6 +195,7 @@ typedef struct sim_handle {
     sim_job job;
     int users;              /* API calls in progress (registry) */
     sim_faults faults;
+    int forked;             /* made by the parent of this (forked) process: unusable here */
     int last_end;           /* SIM_END_* of the last run */
     pthread_t late_thread;  /* RKLLM_SIM_FAULT=late_callback's caller */
     int late_started;
