@@ -58,6 +58,7 @@ COMMON_CHECKS = {
     "dlopen", "sim_info", "exported_functions", "internals_hidden", "default_param",
     "init_missing_file", "init_empty_file", "init_truncated_file", "init_corrupt_file",
     "init_other_format", "init_incompatible_model", "init_lora_as_model", "init_null_arguments",
+    "init_fifo", "init_big_other_file",
     "run_blocking", "blocking_callbacks_on_caller_thread",
     "async_callbacks_on_runtime_thread", "deterministic_same_handle",
     "deterministic_new_handle", "prompt_changes_text", "max_new_tokens_5", "max_new_tokens_minus_one",

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -374,6 +375,20 @@ static void check_default_param(void)
 #endif
 }
 
+/* This process's virtual memory size (kB), 0 if unknown. */
+static long vm_size_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %ld", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
 static void expect_init_fails(const char *name, RKLLMParam *p, const char *needle)
 {
     LLMHandle h = (LLMHandle)(uintptr_t)0x1234;
@@ -405,6 +420,35 @@ static void check_init_failures(void)
     expect_init_fails("init_lora_as_model", &p, "not a model");
     p.model_path = dir; /* a directory */
     expect_init_fails("init_directory", &p, "not a regular file");
+    /* a FIFO: refused at once, not waited on for a writer */
+    char *fifo = path_in_dir("fifo.rkllm");
+    unlink(fifo);
+    if (mkfifo(fifo, 0600) == 0) {
+        p.model_path = fifo;
+        expect_init_fails("init_fifo", &p, "not a regular file");
+        unlink(fifo);
+    }
+    /* a big file of another format (1.5 GB, sparse) is refused from its header, unread: with
+     * the address space limited to less than the file, reading it whole would fail */
+    char *big = path_in_dir("big.bin");
+    int bfd = open(big, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (bfd >= 0 && ftruncate(bfd, 1536L * 1024 * 1024) == 0) {
+        struct rlimit saved;
+        long vm_kb = vm_size_kb();
+        int limited = vm_kb > 0 && vm_kb < 512 * 1024 && getrlimit(RLIMIT_AS, &saved) == 0;
+        if (limited) { /* not under an emulator that maps a large address space up front */
+            struct rlimit small = saved;
+            small.rlim_cur = (rlim_t)(vm_kb + 768 * 1024) * 1024;
+            limited = setrlimit(RLIMIT_AS, &small) == 0;
+        }
+        p.model_path = big;
+        expect_init_fails("init_big_other_file", &p, "not a simulated RKLLM model");
+        if (limited)
+            setrlimit(RLIMIT_AS, &saved);
+    }
+    if (bfd >= 0)
+        close(bfd);
+    unlink(big);
     p = base_param();
     p.model_path = NULL;
     expect_init_fails("init_null_model_path", &p, "model_path");
