@@ -182,6 +182,46 @@ def test_c_client_exercises_every_function(family: str, sims: dict[str, Path], m
     run_client([str(exe)], family, sims[family], model_files, tmp_path / "files")
 
 
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+
+
+@pytest.mark.parametrize("family", ["1.1.0", "1.3.0"])
+def test_c_clients_under_sanitizers(family: str, model_files: Path, tmp_path: Path) -> None:
+    """The simulator and the C clients built with AddressSanitizer (leaks included) and UBSan:
+    every check still passes and no sanitizer reports anything, with the callbacks of blocking
+    runs on the caller's thread and on the runtime's."""
+    lib = tmp_path / f"librkllmrt-sim-{family}.so"
+    sources = sorted(str(p) for p in (ROOT / "csrc" / "sim").glob("*.c"))
+    build = subprocess.run([CC, "-shared", "-fPIC", "-O1", "-std=gnu11", "-fvisibility=hidden", "-pthread",
+                            *SANITIZE, f'-DRKLLM_SIM_FAMILY="{family}"', f"-I{ROOT / 'include' / family}",
+                            f"-I{ROOT / 'csrc' / 'sim'}", *sources, "-o", str(lib), "-lm"],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.skip(f"{CC} cannot build with sanitizers here: {build.stderr[-300:]}")
+    exes = {}
+    for source in ("sim_client.c", "lock_client.c"):
+        exes[source] = tmp_path / f"{Path(source).stem}-{family}"
+        subprocess.run([CC, "-std=gnu11", "-O1", *SANITIZE, f"-I{ROOT / 'include' / family}",
+                        str(ROOT / "tests" / "c" / source), "-o", str(exes[source]), str(lib),
+                        f"-Wl,-rpath,{tmp_path}", "-lpthread", "-ldl", "-lm"], check=True,
+                       capture_output=True, text=True)
+    san = {"ASAN_OPTIONS": "detect_leaks=1:exitcode=23", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    for mode in ("caller", "worker"):
+        work = tmp_path / f"files-{mode}"
+        shutil.copytree(model_files, work)
+        shutil.copy(work / f"newer-than-{family}.rkllm", work / "newer.rkllm")
+        proc = subprocess.run([str(exes["sim_client.c"])], capture_output=True, text=True, timeout=600,
+                              env=sim_env(SIM_MODEL=str(DEMO), SIM_DIR=str(work), SIM_LIB=str(lib),
+                                          RKLLM_SIM_CALLBACK_THREAD=mode, **san))
+        if "LeakSanitizer has encountered a fatal error" in proc.stderr:
+            pytest.skip("LeakSanitizer cannot run here (ptrace restricted)")
+        assert proc.returncode == 0 and "FAIL" not in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+        assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr[-4000:]
+        proc = subprocess.run([str(exes["lock_client.c"]), str(DEMO)], capture_output=True, text=True,
+                              timeout=120, env=sim_env(RKLLM_SIM_QUIET="1", RKLLM_SIM_CALLBACK_THREAD=mode, **san))
+        assert proc.returncode == 0 and "Sanitizer" not in proc.stderr, proc.stderr[-4000:]
+
+
 @pytest.mark.parametrize("arch", list(CROSS))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_c_client_on_other_architectures(family: str, arch: str, sims: dict[str, Path], model_files: Path,
