@@ -58,7 +58,9 @@ COMMON_CHECKS = {
     "dlopen", "sim_info", "exported_functions", "internals_hidden", "default_param",
     "init_missing_file", "init_empty_file", "init_truncated_file", "init_corrupt_file",
     "init_other_format", "init_incompatible_model", "init_lora_as_model", "init_null_arguments",
-    "run_blocking", "callbacks_on_runtime_thread", "deterministic_same_handle",
+    "init_fifo", "init_big_other_file",
+    "run_blocking", "blocking_callbacks_on_caller_thread",
+    "async_callbacks_on_runtime_thread", "deterministic_same_handle",
     "deterministic_new_handle", "prompt_changes_text", "max_new_tokens_5", "max_new_tokens_minus_one",
     "top_k_changes_text", "temperature_changes_text", "top_p_changes_text",
     "repeat_penalty_changes_text", "frequency_penalty_changes_text",
@@ -180,6 +182,46 @@ def test_c_client_exercises_every_function(family: str, sims: dict[str, Path], m
     run_client([str(exe)], family, sims[family], model_files, tmp_path / "files")
 
 
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+
+
+@pytest.mark.parametrize("family", ["1.1.0", "1.3.0"])
+def test_c_clients_under_sanitizers(family: str, model_files: Path, tmp_path: Path) -> None:
+    """The simulator and the C clients built with AddressSanitizer (leaks included) and UBSan:
+    every check still passes and no sanitizer reports anything, with the callbacks of blocking
+    runs on the caller's thread and on the runtime's."""
+    lib = tmp_path / f"librkllmrt-sim-{family}.so"
+    sources = sorted(str(p) for p in (ROOT / "csrc" / "sim").glob("*.c"))
+    build = subprocess.run([CC, "-shared", "-fPIC", "-O1", "-std=gnu11", "-fvisibility=hidden", "-pthread",
+                            *SANITIZE, f'-DRKLLM_SIM_FAMILY="{family}"', f"-I{ROOT / 'include' / family}",
+                            f"-I{ROOT / 'csrc' / 'sim'}", *sources, "-o", str(lib), "-lm"],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.skip(f"{CC} cannot build with sanitizers here: {build.stderr[-300:]}")
+    exes = {}
+    for source in ("sim_client.c", "lock_client.c"):
+        exes[source] = tmp_path / f"{Path(source).stem}-{family}"
+        subprocess.run([CC, "-std=gnu11", "-O1", *SANITIZE, f"-I{ROOT / 'include' / family}",
+                        str(ROOT / "tests" / "c" / source), "-o", str(exes[source]), str(lib),
+                        f"-Wl,-rpath,{tmp_path}", "-lpthread", "-ldl", "-lm"], check=True,
+                       capture_output=True, text=True)
+    san = {"ASAN_OPTIONS": "detect_leaks=1:exitcode=23", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    for mode in ("caller", "worker"):
+        work = tmp_path / f"files-{mode}"
+        shutil.copytree(model_files, work)
+        shutil.copy(work / f"newer-than-{family}.rkllm", work / "newer.rkllm")
+        proc = subprocess.run([str(exes["sim_client.c"])], capture_output=True, text=True, timeout=600,
+                              env=sim_env(SIM_MODEL=str(DEMO), SIM_DIR=str(work), SIM_LIB=str(lib),
+                                          RKLLM_SIM_CALLBACK_THREAD=mode, **san))
+        if "LeakSanitizer has encountered a fatal error" in proc.stderr:
+            pytest.skip("LeakSanitizer cannot run here (ptrace restricted)")
+        assert proc.returncode == 0 and "FAIL" not in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+        assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr[-4000:]
+        proc = subprocess.run([str(exes["lock_client.c"]), str(DEMO)], capture_output=True, text=True,
+                              timeout=120, env=sim_env(RKLLM_SIM_QUIET="1", RKLLM_SIM_CALLBACK_THREAD=mode, **san))
+        assert proc.returncode == 0 and "Sanitizer" not in proc.stderr, proc.stderr[-4000:]
+
+
 @pytest.mark.parametrize("arch", list(CROSS))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_c_client_on_other_architectures(family: str, arch: str, sims: dict[str, Path], model_files: Path,
@@ -219,9 +261,16 @@ def test_trace_records_every_call_and_field(family: str, sims: dict[str, Path], 
     trace = tmp_path / "trace.jsonl"
     subprocess.run([str(exe), str(DEMO)], env=sim_env(RKLLM_SIM_TRACE=str(trace), RKLLM_SIM_QUIET="1"),
                    check=True, capture_output=True, timeout=60)
-    records = [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines()]
-    assert [r["call"] for r in records] == ["rkllm_createDefaultParam", "rkllm_init", "rkllm_run",
-                                            "rkllm_destroy", "rkllm_destroy"]
+    lines = [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines()]
+    # the blocking run's run_end line comes before its rkllm_run line (written when it returns)
+    assert [r["call"] for r in lines] == ["rkllm_createDefaultParam", "rkllm_init", "run_end", "rkllm_run",
+                                          "rkllm_destroy", "rkllm_destroy"]
+    run_end = lines.pop(2)
+    assert run_end["args"]["handle"] == lines[1]["args"]["handle"]
+    assert run_end["args"]["prefill_tokens"] > 5 and run_end["args"]["cached_tokens"] == 0
+    assert run_end["args"]["generate_tokens"] > 0 and run_end["args"]["end"] == "finish"
+    assert run_end["rc"] == 0
+    records = lines
     assert [r["rc"] for r in records] == [0, 0, 0, 0, -1]
     init = records[1]["args"]
     assert init["param"]["model_path"] == str(DEMO)
@@ -252,6 +301,23 @@ def test_demo_model_loads_and_newer_models_fail(family: str, sims: dict[str, Pat
     bad = subprocess.run([str(exe), str(newer)], env=sim_env(), capture_output=True, text=True, timeout=60)
     assert bad.stdout.split()[0] == "-1"
     assert "needs a newer runtime" in bad.stderr and f"ABI family {family}" in bad.stderr
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lock_held_across_a_blocking_run(family: str, sims: dict[str, Path], tmp_path: Path) -> None:
+    """A client that holds a lock across rkllm_run and takes it in the callback (as a pybind11
+    module does with the GIL) works: a blocking run calls back on the caller's thread. With
+    RKLLM_SIM_CALLBACK_THREAD=worker the callback cannot take the lock (it would deadlock;
+    the client gives up after 200 ms). rkllm_abort from another thread stops a
+    blocking run that calls back on the caller's thread."""
+    exe = compile_client("lock_client.c", family, sims[family], tmp_path)
+    proc = subprocess.run([str(exe), str(DEMO)], env=sim_env(RKLLM_SIM_QUIET="1"), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.split("\n")[:3] == ["runs_ok", "lock_failures 0", "abort_ok"], \
+        proc.stdout + proc.stderr
+    proc = subprocess.run([str(exe), str(DEMO)], env=sim_env(RKLLM_SIM_QUIET="1", RKLLM_SIM_CALLBACK_THREAD="worker"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "lock_failures 0" not in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_committed_demo_model_matches_generator(tmp_path: Path) -> None:

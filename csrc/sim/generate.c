@@ -16,6 +16,8 @@
 #define NOISE 1.2f       /* weight of the hashed "model noise" that makes greedy text vary */
 #define TOPIC_BOOST 0.8f /* favour words that appear in the prompt */
 #define LORA_BOOST 2.0f
+#define TOPIC_WINDOW 64  /* the last this many tokens of the context are the topic */
+#define LATE_CALLBACK_MS 50 /* RKLLM_SIM_FAULT=late_callback: after the aborted run's end */
 
 static uint32_t mix32(uint32_t h)
 {
@@ -75,6 +77,7 @@ typedef struct {
     RKLLMResult r;
     int pend_n;     /* bytes of an incomplete character held back */
     int raw;        /* RKLLM_SIM_RAW_TOKENS: hand out token bytes as they are */
+    long prefilled, cached, generated; /* for the trace's run_end line */
 } emitter;
 
 static int deliver(emitter *e, LLMCallState state)
@@ -131,16 +134,31 @@ static int emit(emitter *e, int tok)
     return rc;
 }
 
-static void finish(emitter *e, LLMCallState state)
+/* The final callback (FINISH or ERROR); end is how the run ended (SIM_END_*). */
+static void finish(emitter *e, LLMCallState state, int end)
 {
+    sim_handle *h = e->h;
+    h->last_end = end;
+    sim_trace_run_end(h, e->prefilled, e->cached, e->generated, end);
+    if (h->faults.kind == SIM_FAULT_NO_FINISH && state == RKLLM_RUN_FINISH)
+        return; /* a runtime that never says it finished */
     /* from here on a new run may be submitted: it waits until this callback returns */
-    pthread_mutex_lock(&e->h->mu);
-    e->h->finishing = 1;
-    pthread_cond_broadcast(&e->h->cv);
-    pthread_mutex_unlock(&e->h->mu);
+    pthread_mutex_lock(&h->mu);
+    h->finishing = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
     e->r.text = NULL;
     e->r.token_id = -1;
     deliver(e, state);
+}
+
+void sim_late_callback(sim_handle *h, void *userdata)
+{
+    sim_sleep_ms(LATE_CALLBACK_MS, NULL);
+    emitter e = {.h = h, .userdata = userdata};
+    e.r.text = " late";
+    e.r.token_id = -1;
+    deliver(&e, RKLLM_RUN_NORMAL);
 }
 
 static int fail(emitter *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -153,81 +171,8 @@ static int fail(emitter *e, const char *fmt, ...)
     va_end(ap);
     sim_error("%s", msg);
     memset(&e->r, 0, sizeof e->r);
-    finish(e, RKLLM_RUN_ERROR);
+    finish(e, RKLLM_RUN_ERROR, SIM_END_ERROR);
     return -1;
-}
-
-/* ---- prompt building ---- */
-
-typedef struct {
-    char *p;
-    size_t n, cap;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = (b->n + n + 1) * 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return;
-        b->p = p, b->cap = cap;
-    }
-    memcpy(b->p + b->n, s ? s : "", n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-/* Tokenizes text into out[0..cap); returns the count, -1 if it does not fit, -2 on a
- * tokenizer callback failure (message already printed). */
-static long tokenize(sim_handle *h, const char *text, int32_t *out, long cap)
-{
-    size_t len = strlen(text);
-#if SIM_FAMILY >= 130
-    if (h->tokenizer_callback && len) {
-        if (len > 0x7fffffff) return -1;
-        int n = h->tokenizer_callback(h->tokenizer_userdata, text, (int32_t)len, out,
-                                      (int32_t)(cap < 0x7fffffff ? cap : 0x7fffffff));
-        if (n < 0 || n > cap) {
-            sim_error("the tokenizer callback returned %d (capacity %ld)", n, cap);
-            return -2;
-        }
-        for (int i = 0; i < n; i++)
-            if (out[i] < 0 || out[i] >= h->model->vocab_size) {
-                sim_error("the tokenizer callback returned token id %d, outside the vocabulary "
-                          "(0..%d)", out[i], h->model->vocab_size - 1);
-                return -2;
-            }
-        return n;
-    }
-#endif
-    return sim_tokenize(h->model, text, len, out, cap);
-}
-
-/* The first tool name from a JSON tools list that the prompt mentions, copied into name. */
-static int find_tool(const char *tools, const char *prompt, char *name, size_t cap)
-{
-    const char *p = tools;
-    while (tools && prompt && (p = strstr(p, "\"name\""))) {
-        p += 6;
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
-        if (*p != ':') continue;
-        p++;
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
-        if (*p != '"') continue;
-        const char *start = ++p, *end = strchr(start, '"');
-        if (!end) break;
-        size_t n = (size_t)(end - start);
-        if (n && n < cap) {
-            memcpy(name, start, n);
-            name[n] = 0;
-            if (strstr(prompt, name))
-                return 1;
-        }
-        p = end + 1;
-    }
-    return 0;
 }
 
 /* ---- sampling ---- */
@@ -429,71 +374,20 @@ int sim_execute(sim_handle *h, sim_job *job)
     long prefill_us = sim_env_long("RKLLM_SIM_PREFILL_US", 0);
     long token_us = sim_env_long("RKLLM_SIM_TOKEN_US", 0);
     int32_t *buf = h->scratch;
-    long cap = h->max_context_len, n = 0, sys_n = 0;
+    long cap = h->max_context_len;
 
     /* 1. the new tokens: system part (new conversation), then the turn */
-    if (job->input_type == RKLLM_INPUT_PROMPT || job->input_type == RKLLM_INPUT_MULTIMODAL) {
-        sbuf text = {0};
-        sb_add(&text, "");
-#if SIM_FAMILY >= 120
-        if (h->ctx_len == 0) {
-            sb_add(&text, h->system_prompt);
-            if (h->tools) {
-                sb_add(&text, h->tools_system);
-                sb_add(&text, "\n<tools>\n");
-                sb_add(&text, h->tools);
-                sb_add(&text, "\n</tools>\n");
-            }
-            if (text.p && *text.p) {
-                sys_n = tokenize(h, text.p, buf, cap);
-                if (sys_n < 0) {
-                    free(text.p);
-                    return sys_n == -2 ? fail(&e, "tokenizing the system prompt failed")
-                                       : fail(&e, "the system prompt is longer than max_context_len (%d)",
-                                              h->max_context_len);
-                }
-            }
-            text.n = 0;
-            text.p[0] = 0;
-        }
-        sb_add(&text, h->prompt_prefix);
-#if SIM_FAMILY >= 121
-        const char *tag = h->tool_response ? h->tool_response : "tool_response";
-        int is_tool = job->role && strcmp(job->role, "tool") == 0;
-        if (is_tool) {
-            sb_add(&text, "<"); sb_add(&text, tag); sb_add(&text, ">\n");
-        }
-        sb_add(&text, job->prompt);
-        if (is_tool) {
-            sb_add(&text, "\n</"); sb_add(&text, tag); sb_add(&text, ">");
-        }
-#else
-        sb_add(&text, job->prompt);
-#endif
-        sb_add(&text, h->prompt_postfix);
-#else
-        sb_add(&text, job->prompt);
-#endif
-        if (!text.p)
-            return fail(&e, "out of memory");
-        long k = tokenize(h, text.p, buf + sys_n, cap - sys_n);
-        free(text.p);
-        if (k == -2)
-            return fail(&e, "tokenizing the prompt failed");
-        if (k < 0 || sys_n + k + (long)job->n_ids > cap)
-            return fail(&e, "the prompt is too long: it needs more than max_context_len (%d) "
-                        "tokens", h->max_context_len);
-        n = sys_n + k;
-        /* image / video tokens (pseudo-ids made from their embeddings) */
-        memcpy(buf + n, job->ids, job->n_ids * sizeof *buf);
-        n += (long)job->n_ids;
-    } else {
-        if ((long)job->n_ids > cap)
-            return fail(&e, "the input has %zu tokens, more than max_context_len (%d)",
-                        job->n_ids, h->max_context_len);
-        memcpy(buf, job->ids, job->n_ids * sizeof *buf);
-        n = (long)job->n_ids;
-    }
+    char err[256];
+    long n = 0, sys_n = 0;
+    if (job->input_type == RKLLM_INPUT_PROMPT || job->input_type == RKLLM_INPUT_MULTIMODAL)
+        n = sim_prompt_tokens(h, job, buf, cap, &sys_n, err, sizeof err);
+    else if ((long)job->n_ids > cap)
+        n = -1, snprintf(err, sizeof err, "the input has %zu tokens, more than max_context_len (%d)",
+                         job->n_ids, h->max_context_len);
+    else if (job->n_ids)
+        memcpy(buf, job->ids, job->n_ids * sizeof *buf), n = (long)job->n_ids;
+    if (n < 0)
+        return fail(&e, "%s", err);
     if (n == 0)
         return fail(&e, "the input is empty");
 
@@ -529,11 +423,22 @@ int sim_execute(sim_handle *h, sim_job *job)
             return drop_turn(h, job, turn_start, fail(&e, "the embedding callback returned %d", rc));
     }
 #endif
-    for (long i = reused; i < n && prefill_us > 0 && !h->abort_flag; i++)
+    e.cached = reused;
+    e.prefilled = n - reused;
+    int prefill_fault = h->faults.kind == SIM_FAULT_PREFILL_ERROR;
+    long stop_at = prefill_fault ? reused + (n - reused) / 2 : n;
+    for (long i = reused; i < stop_at && prefill_us > 0 && !h->abort_flag; i++)
         pace(prefill_us, &deadline);
+    if (prefill_fault) {
+        e.prefilled = stop_at - reused;
+        return drop_turn(h, job, turn_start,
+                         fail(&e, "simulated fault: prefill failed after %ld of %ld tokens "
+                              "(RKLLM_SIM_FAULT=prefill_error)", stop_at - reused, n - reused));
+    }
     if (job->cache_path && save_cache(h, job->cache_path) != 0)
         return drop_turn(h, job, turn_start,
                          fail(&e, "cannot write the prompt cache file '%s'", job->cache_path));
+    sim_sleep_ms(h->faults.stall_ms, &h->abort_flag); /* RKLLM_SIM_STALL_MS */
     double t1 = now_ms();
     long generated = 0;
     int paused = 0;
@@ -612,7 +517,9 @@ int sim_execute(sim_handle *h, sim_job *job)
         memset(h->freq, 0, m->n_words * sizeof *h->freq);
         memset(h->recent, 0, m->n_words * sizeof *h->recent);
         memset(h->in_prompt, 0, m->n_words);
-        for (long i = turn_start; i < h->ctx_len; i++)
+        /* the topic: words in the last tokens of the context, however it was built (one
+         * prefill or turn by turn), so that the same context gives the same answer */
+        for (long i = h->ctx_len > TOPIC_WINDOW ? h->ctx_len - TOPIC_WINDOW : 0; i < h->ctx_len; i++)
             if (m->tok_word[h->ctx[i]] > 0)
                 h->in_prompt[m->tok_word[h->ctx[i]]] = 1;
 
@@ -625,7 +532,7 @@ int sim_execute(sim_handle *h, sim_job *job)
 #if SIM_FAMILY >= 121
         int user_turn = !job->role || strcmp(job->role, "tool") != 0;
         if (job->input_type == RKLLM_INPUT_PROMPT && user_turn && h->tools &&
-            find_tool(h->tools, job->prompt, tool, sizeof tool)) {
+            sim_find_tool(h->tools, job->prompt, tool, sizeof tool)) {
             char call[256];
             snprintf(call, sizeof call, "<tool_call>\n{\"name\": \"%s\", \"arguments\": {}}\n</tool_call>", tool);
             script_n = sim_tokenize(m, call, strlen(call), script, 256);
@@ -636,7 +543,7 @@ int sim_execute(sim_handle *h, sim_job *job)
             think = 1;
         }
 #else
-        (void)find_tool; (void)tool;
+        (void)tool;
 #endif
         if (script_n < 0 || close_n < 0)
             script_n = close_n = 0;
@@ -644,7 +551,14 @@ int sim_execute(sim_handle *h, sim_job *job)
         int piece_n = 0, piece_pos = 0, prev = 0, nl2 = (int)sim_tokenize(m, "\n\n", 2, close_think + 31, 1) == 1 ?
                                                                 close_think[31] : m->eos_id;
         long think_words = 0;
+        long error_at = h->faults.kind == SIM_FAULT_ERROR_AFTER ? h->faults.error_after : -1;
         while (!h->abort_flag && (max_new <= 0 || generated < max_new)) {
+            if (generated == error_at) {
+                e.generated = generated;
+                return drop_turn(h, job, turn_start,
+                                 fail(&e, "simulated fault: generation failed after %ld tokens "
+                                      "(RKLLM_SIM_FAULT=error_after:%ld)", generated, error_at));
+            }
             int tok;
             if (script_pos < script_n) {
                 tok = script[script_pos++];
@@ -727,6 +641,7 @@ int sim_execute(sim_handle *h, sim_job *job)
     h->ctx_len = 0, h->sys_len = 0;
     (void)paused;
 #endif
-    finish(&e, RKLLM_RUN_FINISH);
+    e.generated = generated;
+    finish(&e, RKLLM_RUN_FINISH, paused ? SIM_END_PAUSE : h->abort_flag ? SIM_END_ABORT : SIM_END_FINISH);
     return 0;
 }

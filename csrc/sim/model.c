@@ -2,30 +2,36 @@
  * Simulated model files (docs/sim-model-format.md): reading, checking, tokenizing.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "sim.h"
 
 #define MAGIC "RKSIMLLM"
 #define FORMAT_VERSION 1
 
+static uint32_t crc_table[256];
+
+static void make_crc_table(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
 uint32_t sim_crc32(uint32_t crc, const void *data, size_t len)
 {
-    static uint32_t table[256];
-    static int ready;
-    if (!ready) { /* idempotent, so a race only repeats the same work */
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++)
-                c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            table[i] = c;
-        }
-        ready = 1;
-    }
+    static pthread_once_t once = PTHREAD_ONCE_INIT; /* threads may load models at once */
+    pthread_once(&once, make_crc_table);
+    const uint32_t *table = crc_table;
     const uint8_t *p = data;
     crc = ~crc;
     while (len--)
@@ -121,47 +127,63 @@ typedef struct {
 static uint8_t *read_container(const char *path, const char *what, section *meta, section *vocb,
                                section *word, section *chan, uint32_t *crc_out, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
         snprintf(err, errlen, "cannot open %s file '%s': %s", what, path, strerror(errno));
         return NULL;
     }
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(err, errlen, "%s file '%s' is not a regular file", what, path);
+        close(fd);
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open %s file '%s': %s", what, path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    /* the header first: a file that is not a simulated model is refused before it is read */
+    size_t size = (size_t)st.st_size;
+    uint8_t head[32];
+    size_t got = fread(head, 1, sizeof head, f);
+    if (size == 0) {
+        snprintf(err, errlen, "%s file '%s' is empty", what, path);
         fclose(f);
         return NULL;
     }
-    size_t size = (size_t)st.st_size;
-    uint8_t *buf = malloc(size ? size : 1);
-    if (!buf || fread(buf, 1, size, f) != size) {
+    if (got < sizeof head || memcmp(head, MAGIC, 8) != 0) {
+        snprintf(err, errlen, "'%s' is not a simulated RKLLM model (no RKSIMLLM magic; this "
+                 "simulated runtime cannot load real RKLLM models or other files)", path);
+        fclose(f);
+        return NULL;
+    }
+    if (le32(head + 8) != FORMAT_VERSION) {
+        snprintf(err, errlen, "'%s' uses simulated model format version %u; this runtime reads "
+                 "version %d", path, le32(head + 8), FORMAT_VERSION);
+        fclose(f);
+        return NULL;
+    }
+    uint64_t declared = le64(head + 16);
+    if (declared != size) {
+        snprintf(err, errlen, "%s file '%s' is %s: %zu bytes, its header says %llu", what, path,
+                 size < declared ? "truncated" : "longer than declared", size,
+                 (unsigned long long)declared);
+        fclose(f);
+        return NULL;
+    }
+    uint8_t *buf = malloc(size);
+    if (buf)
+        memcpy(buf, head, sizeof head);
+    if (!buf || fread(buf + sizeof head, 1, size - sizeof head, f) != size - sizeof head) {
         snprintf(err, errlen, "cannot read %s file '%s'", what, path);
         free(buf);
         fclose(f);
         return NULL;
     }
     fclose(f);
-    if (size == 0) {
-        snprintf(err, errlen, "%s file '%s' is empty", what, path);
-        goto fail;
-    }
-    if (size < 32 || memcmp(buf, MAGIC, 8) != 0) {
-        snprintf(err, errlen, "'%s' is not a simulated RKLLM model (no RKSIMLLM magic; this "
-                 "simulated runtime cannot load real RKLLM models or other files)", path);
-        goto fail;
-    }
-    if (le32(buf + 8) != FORMAT_VERSION) {
-        snprintf(err, errlen, "'%s' uses simulated model format version %u; this runtime reads "
-                 "version %d", path, le32(buf + 8), FORMAT_VERSION);
-        goto fail;
-    }
-    uint64_t declared = le64(buf + 16);
-    if (declared != size) {
-        snprintf(err, errlen, "%s file '%s' is %s: %zu bytes, its header says %llu", what, path,
-                 size < declared ? "truncated" : "longer than declared", size,
-                 (unsigned long long)declared);
-        goto fail;
-    }
     uint32_t crc = sim_crc32(0, buf, size - 4);
     if (crc != le32(buf + size - 4)) {
         snprintf(err, errlen, "%s file '%s' is corrupt (CRC-32 mismatch)", what, path);

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "rkllm.h"
@@ -89,20 +90,38 @@ typedef struct {
     int first; /* no comma needed before the next member */
 } sim_json;
 
-int sim_trace_on(void);
 void sim_json_begin(sim_json *j, const char *call);
-void sim_json_key(sim_json *j, const char *key);   /* "key": */
 void sim_json_open(sim_json *j, const char *key);  /* "key": { */
 void sim_json_close(sim_json *j);                  /* } */
 void sim_json_str(sim_json *j, const char *key, const char *s);
-void sim_json_strn(sim_json *j, const char *key, const char *s, size_t n);
 void sim_json_int(sim_json *j, const char *key, long long v);
 void sim_json_float(sim_json *j, const char *key, double v);
 void sim_json_bool(sim_json *j, const char *key, int v);
 void sim_json_ptr(sim_json *j, const char *key, const void *p);
 void sim_json_end(sim_json *j, int rc); /* adds "rc", writes the line, frees */
 
-/* ---- handles (runtime.c) and runs (generate.c) ---- */
+/* ---- faults injected for testing clients (faults.c; read at rkllm_init and at each run) ---- */
+
+enum { SIM_FAULT_NONE, SIM_FAULT_INIT_PARTIAL, SIM_FAULT_INIT_NULL, SIM_FAULT_PREFILL_ERROR,
+       SIM_FAULT_ERROR_AFTER, SIM_FAULT_NO_FINISH, SIM_FAULT_LATE_CALLBACK };
+
+typedef struct {
+    int kind;              /* RKLLM_SIM_FAULT */
+    long error_after;      /* error_after:N */
+    long stall_ms;         /* RKLLM_SIM_STALL_MS: before the first token */
+    long abort_delay_ms;   /* RKLLM_SIM_ABORT_DELAY_MS */
+    int worker_callbacks;  /* RKLLM_SIM_CALLBACK_THREAD=worker: blocking runs on the worker too */
+} sim_faults;
+
+/* Reads the fault variables; -1 with a message for a value it does not know. */
+int sim_faults_read(sim_faults *f, char *err, size_t errlen);
+/* Sleeps ms milliseconds, in short steps, returning early once *stop is set (stop may be NULL). */
+void sim_sleep_ms(long ms, _Atomic int *stop);
+
+/* ---- handles (runtime.c, registry.c) and runs (job.c, generate.c) ---- */
+
+/* How a run ended (for the trace and the late-callback fault). */
+enum { SIM_END_FINISH, SIM_END_ABORT, SIM_END_PAUSE, SIM_END_ERROR };
 
 /* One run's input and settings, copied at submission (the caller's memory may be gone by
  * the time an async run starts). */
@@ -165,7 +184,7 @@ typedef struct sim_handle {
     uint8_t *in_prompt;     /* per word: named in the prompt */
     float *embed_buf;       /* one row for the embedding callback */
     char emit_buf[512];
-    /* the runtime's thread */
+    /* the handle's worker thread (async runs) */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -175,10 +194,62 @@ typedef struct sim_handle {
     _Atomic int abort_flag;   /* set by rkllm_abort, read by the run every token */
     sim_job job;
     int users;              /* API calls in progress (registry) */
+    sim_faults faults;
+    int forked;             /* made by the parent of this (forked) process: unusable here */
+    int last_end;           /* SIM_END_* of the last run */
+    pthread_t late_thread;  /* RKLLM_SIM_FAULT=late_callback's caller */
+    int late_started;
 } sim_handle;
 
-/* Runs h->job on the runtime's thread; returns 0 or a negative code (after an ERROR callback). */
+/* registry.c: the live handles; a client's handle is an id checked against them */
+int sim_register(sim_handle *h);   /* gives h its id; -1 when out of memory */
+void sim_unregister(sim_handle *h); /* later calls with its handle fail */
+LLMHandle sim_handle_value(const sim_handle *h);
+/* Finds a live handle and marks it in use (NULL with a message if it is not live). */
+sim_handle *sim_acquire(LLMHandle handle, const char *fn);
+/* The same, refused (NULL, message) while a run is in progress: for calls that change it. */
+sim_handle *sim_acquire_idle(LLMHandle handle, const char *fn);
+void sim_release(sim_handle *h);
+void sim_release_last(sim_handle *h); /* releases, then waits until no other call uses h */
+
+/* The runs a thread is executing, innermost first: calls from inside a callback must not
+ * wait for the run they are called from. */
+typedef struct sim_run_frame {
+    sim_handle *h;
+    struct sim_run_frame *outer;
+} sim_run_frame;
+void sim_enter_run(sim_run_frame *f, sim_handle *h);
+void sim_leave_run(sim_run_frame *f);
+int sim_on_run_thread(const sim_handle *h); /* is this thread executing h's run? */
+/* With h->mu held: is a run in progress? A run that is delivering its final callback is
+ * waited for (from another thread), so "wait for FINISH, then run again" never fails. */
+int sim_busy_locked(sim_handle *h);
+
+/* job.c: checks and copies of what the client passes */
+int sim_check_sampling(const char *fn, int top_k, float top_p, float temperature, float repeat_penalty,
+                       float frequency_penalty, float presence_penalty, int mirostat, float tau, float eta);
+int sim_make_job(sim_handle *h, const RKLLMInput *in, const RKLLMInferParam *ip, void *userdata,
+                 sim_job *job, const char *fn);
+
+/* trace_args.c: the structs a client passes, as trace members */
+void sim_trace_handle(sim_json *j, LLMHandle handle);
+void sim_trace_param(sim_json *j, const char *key, const RKLLMParam *p);
+void sim_trace_input(sim_json *j, const RKLLMInput *in);
+void sim_trace_infer(sim_json *j, const RKLLMInferParam *p);
+void sim_trace_callback(sim_json *j, const void *callback); /* RKLLMCallback* (1.3.0) or the function */
+/* One "run_end" line per executed run: what it prefilled and generated, and how it ended. */
+void sim_trace_run_end(const sim_handle *h, long prefilled, long cached, long generated, int end);
+
+/* Runs h->job on this thread; returns 0 or a negative code (after an ERROR callback). */
 int sim_execute(sim_handle *h, sim_job *job);
+/* prompt.c: the new tokens of a prompt run into buf[0..cap) (the system part first when the
+ * kv cache is empty; *sys_n its length); -1 with a message in err. */
+long sim_prompt_tokens(sim_handle *h, const sim_job *job, int32_t *buf, long cap, long *sys_n, char *err,
+                       size_t errlen);
+/* The first tool name of a JSON tools list that the prompt mentions, copied into name. */
+int sim_find_tool(const char *tools, const char *prompt, char *name, size_t cap);
+/* RKLLM_SIM_FAULT=late_callback: one more NORMAL callback, after the run was aborted. */
+void sim_late_callback(sim_handle *h, void *userdata);
 void sim_job_free(sim_job *job);
 
 /* ---- environment ---- */

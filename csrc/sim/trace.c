@@ -49,7 +49,7 @@ void sim_info(const char *fmt, ...)
     va_end(ap);
 }
 
-int sim_trace_on(void)
+static int trace_on(void)
 {
     const char *path = getenv("RKLLM_SIM_TRACE");
     return path && *path;
@@ -122,7 +122,7 @@ static void comma_key(sim_json *j, const char *key)
 void sim_json_begin(sim_json *j, const char *call)
 {
     memset(j, 0, sizeof *j);
-    if (!sim_trace_on())
+    if (!trace_on())
         return;
     j->cap = 512;
     j->p = malloc(j->cap);
@@ -141,8 +141,6 @@ void sim_json_begin(sim_json *j, const char *call)
     sim_json_open(j, "args");
 }
 
-void sim_json_key(sim_json *j, const char *key) { comma_key(j, key); }
-
 void sim_json_open(sim_json *j, const char *key)
 {
     comma_key(j, key);
@@ -156,7 +154,7 @@ void sim_json_close(sim_json *j)
     j->first = 0;
 }
 
-void sim_json_strn(sim_json *j, const char *key, const char *s, size_t n)
+static void json_strn(sim_json *j, const char *key, const char *s, size_t n)
 {
     if (!j->p)
         return;
@@ -169,7 +167,7 @@ void sim_json_strn(sim_json *j, const char *key, const char *s, size_t n)
 
 void sim_json_str(sim_json *j, const char *key, const char *s)
 {
-    sim_json_strn(j, key, s, s ? strlen(s) : 0);
+    json_strn(j, key, s, s ? strlen(s) : 0);
 }
 
 void sim_json_int(sim_json *j, const char *key, long long v)

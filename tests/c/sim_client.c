@@ -6,6 +6,9 @@
  *
  * Environment: SIM_MODEL (demo model), SIM_DIR (directory with the damaged / other model
  * files made by the test driver), SIM_LIB (the library path, for the dlopen checks).
+ *
+ * Longer than 700 lines on purpose: one list of checks, one per API behaviour, sharing the
+ * collector and helpers above them; split into files, each would repeat that scaffolding.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -16,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -106,6 +110,7 @@ typedef struct {
     int tokens;          /* NORMAL + WAITING callbacks */
     int stop_after;      /* return 1 after this many tokens (1.2.1+), 0 = never */
     int foreign_thread;  /* every callback ran on another thread than the caller's */
+    int caller_thread;   /* every callback ran on the caller's thread */
     pthread_t caller;
     int incomplete_normal; /* a NORMAL text that ends inside a UTF-8 character */
     int waiting_nonempty;
@@ -129,6 +134,7 @@ static void col_init(collector *c)
     pthread_cond_init(&c->cv, NULL);
     c->caller = pthread_self();
     c->foreign_thread = 1;
+    c->caller_thread = 1;
     c->inner_run_rc = c->inner_destroy_rc = 99;
 }
 
@@ -190,6 +196,8 @@ static CB_TYPE callback(RKLLMResult *r, void *userdata, LLMCallState state)
     c->userdata_seen = userdata;
     if (pthread_equal(pthread_self(), c->caller))
         c->foreign_thread = 0;
+    else
+        c->caller_thread = 0;
     if (c->finish || c->error)
         c->after_finish++;
     switch ((int)state) {
@@ -367,6 +375,20 @@ static void check_default_param(void)
 #endif
 }
 
+/* This process's virtual memory size (kB), 0 if unknown. */
+static long vm_size_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %ld", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
 static void expect_init_fails(const char *name, RKLLMParam *p, const char *needle)
 {
     LLMHandle h = (LLMHandle)(uintptr_t)0x1234;
@@ -398,6 +420,35 @@ static void check_init_failures(void)
     expect_init_fails("init_lora_as_model", &p, "not a model");
     p.model_path = dir; /* a directory */
     expect_init_fails("init_directory", &p, "not a regular file");
+    /* a FIFO: refused at once, not waited on for a writer */
+    char *fifo = path_in_dir("fifo.rkllm");
+    unlink(fifo);
+    if (mkfifo(fifo, 0600) == 0) {
+        p.model_path = fifo;
+        expect_init_fails("init_fifo", &p, "not a regular file");
+        unlink(fifo);
+    }
+    /* a big file of another format (1.5 GB, sparse) is refused from its header, unread: with
+     * the address space limited to less than the file, reading it whole would fail */
+    char *big = path_in_dir("big.bin");
+    int bfd = open(big, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (bfd >= 0 && ftruncate(bfd, 1536L * 1024 * 1024) == 0) {
+        struct rlimit saved;
+        long vm_kb = vm_size_kb();
+        int limited = vm_kb > 0 && vm_kb < 512 * 1024 && getrlimit(RLIMIT_AS, &saved) == 0;
+        if (limited) { /* not under an emulator that maps a large address space up front */
+            struct rlimit small = saved;
+            small.rlim_cur = (rlim_t)(vm_kb + 768 * 1024) * 1024;
+            limited = setrlimit(RLIMIT_AS, &small) == 0;
+        }
+        p.model_path = big;
+        expect_init_fails("init_big_other_file", &p, "not a simulated RKLLM model");
+        if (limited)
+            setrlimit(RLIMIT_AS, &saved);
+    }
+    if (bfd >= 0)
+        close(bfd);
+    unlink(big);
     p = base_param();
     p.model_path = NULL;
     expect_init_fails("init_null_model_path", &p, "model_path");
@@ -447,7 +498,13 @@ static void check_basic(void)
     int rc = run_text(h, "Tell me about the river and the old bridge.", &c);
     check(rc == 0 && c.finish == 1 && c.error == 0 && c.normal > 3 && c.after_finish == 0, "run_blocking",
           "rc %d finish %d error %d normal %d after %d", rc, c.finish, c.error, c.normal, c.after_finish);
-    check(c.foreign_thread, "callbacks_on_runtime_thread", "a callback ran on the caller's thread");
+    /* a blocking rkllm_run calls back on the thread that called it, as the real runtime does
+     * (RKLLM_SIM_CALLBACK_THREAD=worker: on the runtime's thread) */
+    const char *cb_thread = getenv("RKLLM_SIM_CALLBACK_THREAD");
+    if (cb_thread && strcmp(cb_thread, "worker") == 0)
+        check(c.foreign_thread, "blocking_callbacks_on_caller_thread", "worker mode: a callback ran on the caller's thread");
+    else
+        check(c.caller_thread, "blocking_callbacks_on_caller_thread", "a callback ran on another thread");
     check(c.text && valid_utf8(c.text), "text_valid_utf8", "text: %s", c.text ? c.text : "(none)");
     check(c.userdata_seen == &c, "userdata_passed", "got %p", c.userdata_seen);
     check(c.tokens <= 60, "max_new_tokens_60", "%d tokens", c.tokens);
@@ -752,6 +809,7 @@ static void check_async_abort_busy(void)
     int running = rkllm_is_running(h);
     col_wait(&c);
     check(rc == 0 && running == 1 && c.finish == 1, "param_is_async", "rc %d running %d", rc, running);
+    check(c.foreign_thread, "async_callbacks_on_runtime_thread", "a callback ran on the caller's thread");
     col_free(&c);
     /* destroy during a run stops it */
     col_init(&c);
