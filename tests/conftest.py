@@ -62,7 +62,9 @@ def quiet_sim(monkeypatch: pytest.MonkeyPatch) -> None:
     """No start-up line from the simulator, no per-token delay unless a test sets one."""
     monkeypatch.setenv("RKLLM_SIM_QUIET", "1")
     for name in ("RKLLM_SIM_TOKEN_US", "RKLLM_SIM_PREFILL_US", "RKLLM_SIM_RAW_TOKENS",
-                 "RKLLM_SIM_IGNORE_EOS", "RKLLM_LIBRARY", "RKLLM_ABI", "RKLLM_SIM_TRACE"):
+                 "RKLLM_SIM_IGNORE_EOS", "RKLLM_LIBRARY", "RKLLM_ABI", "RKLLM_SIM_TRACE",
+                 "RKLLM_SIM_FAULT", "RKLLM_SIM_STALL_MS", "RKLLM_SIM_ABORT_DELAY_MS",
+                 "RKLLM_SIM_CALLBACK_THREAD"):
         monkeypatch.delenv(name, raising=False)
 
 

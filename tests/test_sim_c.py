@@ -12,11 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 
 import pytest
+from conftest import built_programs_run
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("1.1.0", "1.2.0", "1.2.1", "1.3.0")
@@ -27,28 +27,9 @@ CC = shutil.which("gcc") or shutil.which("cc")
 
 
 
-def _built_programs_run(cc: str | None) -> bool:
-    """False where programs built by ``cc`` cannot be executed: in the wheel tests under
-    qemu-user (.ci/wheels) ``gcc`` is a cross compiler for the emulated arch and the host
-    kernel cannot exec its output. A compiler that fails is left to fail the tests."""
-    if cc is None:
-        return False
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = Path(tmp, "probe")
-        probe.with_suffix(".c").write_text("int main(void) { return 0; }\n")
-        if subprocess.run([cc, "-o", str(probe), str(probe.with_suffix(".c"))],
-                          capture_output=True, check=False).returncode != 0:
-            return True
-        try:
-            subprocess.run([str(probe)], check=False, timeout=60)
-        except OSError:  # ENOEXEC: built for another architecture than this kernel runs
-            return False
-    return True
-
-
 pytestmark = [
     pytest.mark.skipif(CC is None, reason="no C compiler (gcc) on PATH"),
-    pytest.mark.skipif(CC is not None and not _built_programs_run(CC),
+    pytest.mark.skipif(CC is not None and not built_programs_run(CC),
                        reason=f"programs built by {CC} cannot run on this machine "
                               "(a cross compiler under qemu-user)"),
 ]
