@@ -252,6 +252,11 @@ def create_chat_completion(llm: CoreLLM, messages: Sequence[Any], *, stream: Lit
                            **options: Any) -> Iterator[ChatCompletionChunk]: ...
 
 
+@overload
+def create_chat_completion(llm: CoreLLM, messages: Sequence[Any], *, stream: bool,
+                           **options: Any) -> ChatCompletion | Iterator[ChatCompletionChunk]: ...
+
+
 def create_chat_completion(llm: CoreLLM, messages: Sequence[Any], *, stream: bool = False,
                            tools: Sequence[Any] | None = None, tool_choice: Any = None,
                            template: ChatTemplate | str | None = None, model: str | None = None,
@@ -347,6 +352,12 @@ async def acreate_chat_completion(llm: CoreLLM, messages: Sequence[Any], *,
                                   ) -> AsyncIterator[ChatCompletionChunk]: ...
 
 
+@overload
+async def acreate_chat_completion(llm: CoreLLM, messages: Sequence[Any], *, stream: bool,
+                                  **options: Any
+                                  ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]: ...
+
+
 async def acreate_chat_completion(llm: CoreLLM, messages: Sequence[Any], *,
                                   stream: bool = False, tools: Sequence[Any] | None = None,
                                   tool_choice: Any = None,
@@ -395,6 +406,11 @@ def create_completion(llm: CoreLLM, prompt: str | Sequence[int], *,
 def create_completion(llm: CoreLLM, prompt: str | Sequence[int], *, stream: Literal[True],
                       max_tokens: int | None = 16, echo: bool = False, model: str | None = None,
                       **options: Any) -> Iterator[CompletionChunk]: ...
+
+
+@overload
+def create_completion(llm: CoreLLM, prompt: str | Sequence[int], *, stream: bool,
+                      **options: Any) -> Completion | Iterator[CompletionChunk]: ...
 
 
 def create_completion(llm: CoreLLM, prompt: str | Sequence[int], *, stream: bool = False,
