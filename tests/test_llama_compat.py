@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakehub import FakeHub
 
 import rkllm
 from rkllm.errors import ModelNotFoundError
-
-from fakehub import FakeHub
 
 # as in tests/test_models.py: the client's telemetry routes are not the test hub's business
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -13,8 +13,9 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
+from rkllm.chat.iterators import AsyncChunkIterator, ChunkIterator
 from rkllm.chat.messages import check_tool_choice, check_tools, parse_tool_calls, split_messages
 from rkllm.chat.options import RequestOptions, StopScanner, request_options
 from rkllm.chat.session import ChatSession, EndOfTurn
@@ -32,10 +33,9 @@ if TYPE_CHECKING:
         CompletionUsage,
     )
 
-__all__ = ["ChunkIterator", "acreate_chat_completion", "create_chat_completion",
+__all__ = ["AsyncChunkIterator", "ChunkIterator", "acreate_chat_completion", "create_chat_completion",
            "create_completion"]
 
-T = TypeVar("T")
 _TOOL_START = "<tool_call>"
 
 
@@ -107,42 +107,6 @@ def _finish_reason(stream: Stream, answer: _Answer) -> Literal["stop", "length"]
 def _meta(llm: CoreLLM, model: str | None, prefix: str) -> dict[str, Any]:
     name = model or os.path.basename(llm.model_path).removesuffix(".rkllm")
     return {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
-
-
-class ChunkIterator(Iterator[T]):
-    """The chunks of a streamed completion. The run starts when the request is made (its
-    errors raise at once); ``close()``, reading to the end, or dropping the iterator ends it
-    and takes back what the request installed in the model."""
-
-    def __init__(self, chunks: Iterator[T], cleanup: Any) -> None:
-        self._chunks = chunks
-        self._cleanup = cleanup
-
-    def __iter__(self) -> ChunkIterator[T]:
-        return self
-
-    def __next__(self) -> T:
-        return next(self._chunks)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._cleanup()
-
-    def __enter__(self) -> ChunkIterator[T]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 # ---- chat completions ------------------------------------------------------------------------
@@ -291,35 +255,6 @@ def create_chat_completion(llm: CoreLLM, messages: Sequence[Any], *, stream: boo
     finally:
         if not stream:
             req.close()
-
-
-class AsyncChunkIterator(AsyncIterator[T]):
-    """The chunks of a streamed completion for ``async for``; ``aclose()``, reading to the
-    end, or dropping it ends the run and takes back what the request installed."""
-
-    def __init__(self, chunks: AsyncIterator[T], cleanup: Any) -> None:
-        self._chunks = chunks
-        self._cleanup = cleanup
-
-    def __aiter__(self) -> AsyncChunkIterator[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        return await self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        try:
-            aclose = getattr(self._chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        finally:
-            self._cleanup()
-
-    def __del__(self) -> None:
-        try:
-            self._cleanup()
-        except Exception:
-            pass
 
 
 async def _async_pieces(req: _ChatRequest) -> AsyncIterator[ChatCompletionChunk]:

@@ -24,64 +24,13 @@ from typing import Any
 
 from rkllm import params as P
 from rkllm.chat.messages import check_messages, check_tools
+from rkllm.chat.state import CHANGED, Changes, settle_model
 from rkllm.chat.templates import TEMPLATES, ChatTemplate, resolve_template
 from rkllm.core import CoreLLM
 from rkllm.errors import ParamError
 from rkllm.stream import Perf, Stream
 
-__all__ = ["ChatSession", "EndOfTurn", "Reply"]
-
-#: What withdraws declared function tools: an empty list (tool-calling chat templates write
-#: the tools block only ``if tools``; the simulator does the same).
-NO_TOOLS = "[]"
-
-
-class _Changes:
-    """What a session changed in its model, marked BEFORE each change so that a change cut
-    short (Ctrl-C) is undone too."""
-
-    def __init__(self, template: ChatTemplate | None, tool_tag: str, keep: bool) -> None:
-        self.template = template
-        self.tool_tag = tool_tag
-        self.keep = keep  # the runtime keeps the conversation in its kv cache (1.2.0+)
-        self.template_changed = False
-        self.tools_changed = False
-        self.closing = False
-        self.stream: Stream | None = None  # the session's current run
-
-    def undo(self, llm: CoreLLM) -> None:
-        """Ends the run, then puts back the model's own template and no tools; idempotent."""
-        if self.stream is not None:  # the model is free only once the run has ended
-            self.stream.close()
-            self.stream = None
-        if llm.closed:
-            self.template_changed = self.tools_changed = False
-            return
-        if self.template_changed and self.template is not None:
-            t = self.template
-            llm.set_chat_template(t.render_system(None), t.prefix, t.postfix)
-            self.template_changed = False
-        if self.tools_changed:
-            llm.set_function_tools("", NO_TOOLS, self.tool_tag)
-            self.tools_changed = False
-        if self.keep:
-            llm.clear_kv_cache()
-
-
-# model -> the session that changed it last and what it changed; an entry outlives a session
-# that was dropped, or whose close() Ctrl-C cut short, until settle_model() undoes it
-_CHANGED: weakref.WeakKeyDictionary[CoreLLM, tuple[weakref.ref[ChatSession], _Changes]] = \
-    weakref.WeakKeyDictionary()
-
-
-def settle_model(llm: CoreLLM) -> None:
-    """Undoes what a closed or dropped session left in ``llm`` (its template, its tools), so
-    that the next run answers as on a fresh model. A session still open is left alone."""
-    entry = _CHANGED.get(llm)
-    if entry is not None and (entry[0]() is None or entry[1].closing):
-        entry[1].undo(llm)
-        _CHANGED.pop(llm, None)
-
+__all__ = ["ChatSession", "EndOfTurn", "Reply", "settle_model"]
 
 class EndOfTurn:
     """Holds back the end-of-turn token (spelled out when skip_special_token is off) and
@@ -221,7 +170,7 @@ class ChatSession:
         self._tool_tag = tool_response
         self._tools = check_tools(tools, plain_ok=True)
         self._keep = P.family_key(llm.family) >= P.family_key("1.2.0")
-        self._changes = _Changes(self._template, tool_response, self._keep)
+        self._changes = Changes(self._template, tool_response, self._keep)
         self.end_marker = self._template.turn_end.strip() if self._template else ""
         self._set_system_part: str | None = None  # what we put in the runtime's template
         self._synced = False  # the kv cache holds exactly system + history
@@ -313,14 +262,14 @@ class ChatSession:
             raise
         self._set_system_part = None
         self._synced = False
-        entry = _CHANGED.get(self.llm)
+        entry = CHANGED.get(self.llm)
         if entry is not None and entry[1] is self._changes:
-            del _CHANGED[self.llm]
+            del CHANGED[self.llm]
 
     def _mark(self) -> None:
         """Records, before a change to the model, that this session makes it."""
         self._changes.closing = False
-        _CHANGED[self.llm] = (weakref.ref(self), self._changes)
+        CHANGED[self.llm] = (weakref.ref(self), self._changes)
 
     def _declare_tools(self) -> None:
         tools = self._tools
