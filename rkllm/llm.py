@@ -18,11 +18,11 @@ from __future__ import annotations
 import fnmatch
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from rkllm.core import CoreLLM
-from rkllm.stream import Result, Stream
+from rkllm.stream import Result, Stream, Tensor
 
 if TYPE_CHECKING:
     from rkllm.aio import AsyncStream
@@ -33,12 +33,15 @@ if TYPE_CHECKING:
 def _resolve(model: str | os.PathLike[str], runtime: Any) -> tuple[str, Any]:
     """A model reference as the CLI takes it -> (a local path, the runtime to use)."""
     path = os.fspath(model)
-    if os.path.isfile(path):
+    if os.path.exists(path) or not isinstance(model, str):
         return path, runtime
-    from rkllm.models import resolve_model
+    from rkllm.models import parse_ref, resolve_model
 
-    if path == "demo" and runtime is None and not os.environ.get("RKLLM_LIBRARY"):
-        runtime = "sim"  # the demo model is a simulated one
+    if path == "demo":
+        if runtime is None and not os.environ.get("RKLLM_LIBRARY"):
+            runtime = "sim"  # the demo model is a simulated one
+    elif parse_ref(path) is None:
+        return path, runtime  # a missing file: the loader says so
     return resolve_model(path), runtime
 
 
@@ -54,9 +57,12 @@ class LLM(CoreLLM):
     ``model``: a ``.rkllm`` path, ``demo``, or ``REPO[:FILE]`` on the Hugging Face Hub."""
 
     def __init__(self, model: str | os.PathLike[str], *,
-                 runtime: str | os.PathLike[str] | None = None, **kwargs: Any) -> None:
+                 runtime: str | os.PathLike[str] | None = None, abi: str | None = None,
+                 params: Mapping[str, Any] | None = None, check_model: bool = True,
+                 **kwparams: Any) -> None:
         path, runtime = _resolve(model, runtime)
-        super().__init__(path, runtime=runtime, **kwargs)
+        super().__init__(path, runtime=runtime, abi=abi, params=params,
+                         check_model=check_model, **kwparams)
 
     @classmethod
     def from_pretrained(cls, repo_id: str, filename: str | None = None, *,
@@ -82,6 +88,14 @@ class LLM(CoreLLM):
     def complete(self, prompt: str | None = None, **options: Any) -> Result:
         _settle(self)
         return super().complete(prompt, **options)
+
+    def logits(self, prompt: str | None = None, **options: Any) -> Tensor:
+        _settle(self)
+        return super().logits(prompt, **options)
+
+    def hidden_states(self, prompt: str | None = None, **options: Any) -> Tensor:
+        _settle(self)
+        return super().hidden_states(prompt, **options)
 
     # ---- asyncio ------------------------------------------------------------------------------
     def agenerate(self, prompt: str | None = None, *, chunked: bool = False,

@@ -48,8 +48,7 @@ class _Answer:
     def __init__(self, marker: str, stops: tuple[str, ...], hold_tool_calls: bool) -> None:
         self._turn_end = EndOfTurn(marker)
         self._stop = StopScanner(stops)
-        self.stops = stops
-        self.holds = hold_tool_calls
+        self._holds = hold_tool_calls
         self._held = ""
         self.text: list[str] = []  # everything handed out or held, for the whole answer
 
@@ -69,7 +68,7 @@ class _Answer:
 
     def _hold(self, text: str) -> list[str]:
         self.text.append(text)
-        if not self.holds:
+        if not self._holds:
             return [text]
         self._held += text
         start = self._held.lstrip()
@@ -128,14 +127,14 @@ class _ChatRequest:
         self.template = template
         self.opts: RequestOptions = request_options(llm, stream=stream, **options)
         self.meta = _meta(llm, model, "chatcmpl")
-        self.answer = _Answer("", self.opts.stops, self.tools is not None and stream)
+        self.hold_calls = self.tools is not None and stream  # tool calls come whole
         self.session: ChatSession | None = None
 
     def start(self) -> Stream:
         system, history, role, content = self.split
         self.session = ChatSession(self.llm, system, messages=history, template=self.template,
                                    tools=self.tools)
-        self.answer = _Answer(self.session.end_marker, self.answer.stops, self.answer.holds)
+        self.answer = _Answer(self.session.end_marker, self.opts.stops, self.hold_calls)
         self.stream = self.session.start(content, role=role, **self.opts.run)
         return self.stream
 
