@@ -138,6 +138,8 @@ def test_text_completion(llm: rkllm.LLM) -> None:
         llm(tokens, echo=True)
     with pytest.raises(ParamError, match="not supported by the RKLLM runtime: suffix="):
         llm(Q, suffix="end")
+    with pytest.raises(ParamError, match="text completions take max_tokens"):
+        llm(Q, max_completion_tokens=4)
 
 
 def test_asyncio_chat_completion(llm: rkllm.LLM) -> None:
@@ -159,6 +161,31 @@ def test_asyncio_chat_completion(llm: rkllm.LLM) -> None:
 
     asyncio.run(main())
     assert not llm.is_running
+
+
+def test_cancelling_an_asyncio_completion_leaves_a_fresh_model(llm: rkllm.LLM) -> None:
+    plain = [MSGS[-1]]
+    fresh = _text(create_chat_completion(llm, plain, max_tokens=N))
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def consume() -> None:
+            async for _ in await llm.acreate_chat_completion(MSGS, max_tokens=2000,
+                                                             stream=True):
+                started.set()
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(consume())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert _text(create_chat_completion(llm, plain, max_tokens=N)) == fresh
+    assert llm.complete(Q, max_new_tokens=N).text == \
+        create_completion(llm, Q, max_tokens=N)["choices"][0]["text"]
 
 
 def test_openai_typed_messages(llm: rkllm.LLM) -> None:

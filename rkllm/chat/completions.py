@@ -19,6 +19,7 @@ from rkllm.chat.iterators import AsyncChunkIterator, ChunkIterator
 from rkllm.chat.messages import check_tool_choice, check_tools, parse_tool_calls, split_messages
 from rkllm.chat.options import RequestOptions, StopScanner, request_options
 from rkllm.chat.session import ChatSession, EndOfTurn
+from rkllm.chat.state import settle_model
 from rkllm.chat.templates import ChatTemplate
 from rkllm.core import CoreLLM
 from rkllm.errors import ParamError
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
         CompletionUsage,
     )
 
-__all__ = ["AsyncChunkIterator", "ChunkIterator", "acreate_chat_completion", "create_chat_completion",
-           "create_completion"]
+__all__ = ["AsyncChunkIterator", "ChunkIterator", "acreate_chat_completion",
+           "create_chat_completion", "create_completion"]
 
 _TOOL_START = "<tool_call>"
 
@@ -359,10 +360,14 @@ def create_completion(llm: CoreLLM, prompt: str | Sequence[int], *, stream: bool
     handled as in :func:`create_chat_completion`. Stateless."""
     if not isinstance(echo, bool):
         raise TypeError(f"echo must be a bool, got {type(echo).__name__}")
+    if "max_completion_tokens" in options:
+        raise ParamError("max_completion_tokens is a chat completion field; text completions "
+                         "take max_tokens")
     if echo and not isinstance(prompt, str):
         raise ParamError("echo=True needs a text prompt (token ids cannot be written back)")
     opts = request_options(llm, stream=stream, max_tokens=max_tokens, **options)
     meta = _meta(llm, model, "cmpl")
+    settle_model(llm)  # what an interrupted chat request left behind
     run = llm.generate(prompt, **opts.run) if isinstance(prompt, str) else \
         llm.generate(tokens=prompt, **opts.run)
     answer = _Answer("", opts.stops, False)
