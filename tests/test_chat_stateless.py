@@ -202,3 +202,14 @@ def test_ctrl_c_in_a_system_prompt_request_leaves_no_trace(llm: rkllm.LLM) -> No
                                             *PLAIN], max_tokens=N, stream=True))
 
     assert _interrupt_everywhere(llm, request) > 100
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("family", ["1.2.1"])
+def test_ctrl_c_in_a_session_leaves_no_trace(llm: rkllm.LLM) -> None:
+    def request() -> None:
+        with ChatSession(llm, "You are a pirate.", tools=TOOLS, max_new_tokens=N) as chat:
+            chat.send("call get_weather now", stream=False)
+            _drain(iter(chat.send(Q)))
+
+    assert _interrupt_everywhere(llm, request) > 100
