@@ -28,9 +28,11 @@ from rkllm.chat.completions import (
 from rkllm.chat.messages import ROLES, check_messages, parse_tool_calls
 from rkllm.chat.session import ChatSession, Reply, settle_model
 from rkllm.chat.templates import TEMPLATES, ChatTemplate, detect_template
-from rkllm.core import CoreLLM as LLM  # the name this module had for it before the split
-from rkllm.errors import ParamError, RKLLMError
-from rkllm.stream import Perf, Stream
+
+# names the single-module rkllm.chat also had (importable, not part of __all__)
+from rkllm.core import CoreLLM as LLM  # noqa: F401
+from rkllm.errors import ParamError, RKLLMError  # noqa: F401
+from rkllm.stream import Perf, Stream  # noqa: F401
 
 __all__ = [
     "ROLES",
@@ -39,12 +41,7 @@ __all__ = [
     "ChatSession",
     "ChatTemplate",
     "ChunkIterator",
-    "LLM",
-    "ParamError",
-    "Perf",
-    "RKLLMError",
     "Reply",
-    "Stream",
     "acreate_chat_completion",
     "check_messages",
     "create_chat_completion",
