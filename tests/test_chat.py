@@ -200,12 +200,12 @@ def test_completion_shape(llm: rkllm.LLM, family: str) -> None:
     assert choice["message"]["role"] == "assistant"
     assert choice["message"]["content"] == _answer(llm, Q1, system="You are terse.")
     usage = out["usage"]
-    assert usage["completion_tokens"] == N
     if family_key(family) >= (1, 2, 1):
+        assert usage is not None and usage["completion_tokens"] == N
         assert usage["prompt_tokens"] > 0
         assert usage["total_tokens"] == usage["prompt_tokens"] + N
-    else:  # the runtime does not count them; no made-up number
-        assert usage["prompt_tokens"] is None and usage["total_tokens"] is None
+    else:  # the runtime does not count prompt tokens; no made-up number (OpenAI: optional)
+        assert usage is None
     if family_key(family) >= (1, 2, 0):
         assert _kv(llm) in (None, 0)  # stateless: nothing left in the kv cache
 
@@ -280,14 +280,15 @@ def test_bad_arguments(llm: rkllm.LLM) -> None:
         create_chat_completion(llm, msgs, max_tokens=0)
     with pytest.raises(ParamError, match="tools must be a list"):
         create_chat_completion(llm, msgs, tools="get_weather")  # type: ignore[arg-type]
-    with pytest.raises(ParamError, match="unknown parameter 'stop'"):
-        create_chat_completion(llm, msgs, stop=["\n"])
+    with pytest.raises(ParamError, match="unknown parameter 'stopp'"):
+        create_chat_completion(llm, msgs, stopp=["\n"])
     with pytest.raises(ParamError, match="role must be 'user' or 'tool'"):
         ChatSession(llm).send("hi", role="assistant")
     with pytest.raises(ParamError, match="either as system= or in messages"):
         ChatSession(llm, "a", messages=[{"role": "system", "content": "b"}])
     # the model is fine afterwards
-    assert create_chat_completion(llm, msgs, max_tokens=3)["usage"]["completion_tokens"] == 3
+    assert create_chat_completion(llm, msgs, max_tokens=3)["choices"][0]["finish_reason"] == \
+        "length"
 
 
 def test_content_parts_and_developer_role() -> None:

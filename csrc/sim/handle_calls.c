@@ -291,6 +291,15 @@ SIM_EXPORT int rkllm_set_function_tools(LLMHandle handle, const char *system_pro
         if (a && b && c) {
             free(h->tools_system); free(h->tools); free(h->tool_response);
             h->tools_system = a, h->tools = b, h->tool_response = c;
+            /* an empty list declares no tools (tool-calling chat templates write their tools
+               block only when there are tools): the model is as before any declaration */
+            const char *q = p + 1;
+            while (*q == ' ' || *q == '\n' || *q == '\t' || *q == '\r')
+                q++;
+            if (*p == '[' && *q == ']') {
+                free(h->tools); free(h->tools_system);
+                h->tools = h->tools_system = NULL;
+            }
             rc = 0;
         } else {
             free(a); free(b); free(c);

@@ -1,0 +1,402 @@
+"""OpenAI-shaped completions, as llama-cpp-python's ``Llama`` makes them: chat completions
+(``create_chat_completion``, and ``acreate_chat_completion`` for asyncio) and text completions
+(``create_completion``), whole or as chunks (``stream=True``).
+
+Stateless: whatever a request installs in the model (its system prompt and history in the
+chat template, its function tools) is taken back when it ends, however it ends (the last
+chunk, ``close()``, an error, Ctrl-C), and the kv cache is empty before and after.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from rkllm.chat.iterators import AsyncChunkIterator, ChunkIterator
+from rkllm.chat.messages import check_tool_choice, check_tools, parse_tool_calls, split_messages
+from rkllm.chat.options import RequestOptions, StopScanner, request_options
+from rkllm.chat.session import ChatSession, EndOfTurn
+from rkllm.chat.state import settle_model
+from rkllm.chat.templates import ChatTemplate
+from rkllm.core import CoreLLM
+from rkllm.errors import ParamError
+from rkllm.stream import Stream
+
+if TYPE_CHECKING:
+    from rkllm.types import (
+        ChatCompletion,
+        ChatCompletionChunk,
+        Completion,
+        CompletionChunk,
+        CompletionUsage,
+    )
+
+__all__ = ["AsyncChunkIterator", "ChunkIterator", "acreate_chat_completion",
+           "create_chat_completion", "create_completion"]
+
+_TOOL_START = "<tool_call>"
+
+
+# ---- pieces of text -> what is handed out ----------------------------------------------------
+
+class _Answer:
+    """One answer's pieces, filtered: the end-of-turn token dropped, cut at the first stop
+    string, and (with tools, when streaming) text that may open a tool call held back."""
+
+    def __init__(self, marker: str, stops: tuple[str, ...], hold_tool_calls: bool) -> None:
+        self._turn_end = EndOfTurn(marker)
+        self._stop = StopScanner(stops)
+        self._holds = hold_tool_calls
+        self._held = ""
+        self.text: list[str] = []  # everything handed out or held, for the whole answer
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.hit
+
+    def feed(self, piece: str) -> list[str]:
+        out = []
+        for part in self._turn_end.feed(piece):
+            safe = self._stop.feed(part)
+            if safe:
+                out.extend(self._hold(safe))
+            if self._stop.hit:
+                break
+        return out
+
+    def _hold(self, text: str) -> list[str]:
+        self.text.append(text)
+        if not self._holds:
+            return [text]
+        self._held += text
+        start = self._held.lstrip()
+        if start.startswith(_TOOL_START) or _TOOL_START.startswith(start):
+            return []
+        out, self._held = self._held, ""
+        return [out]
+
+    def finish(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """The rest of the text and, with tools held back, the tool calls found in it."""
+        rest = [] if self._stop.hit else self._hold(self._stop.flush())
+        rest = [r for r in rest if r]
+        held, self._held = self._held, ""
+        calls = parse_tool_calls(held)[1] if held else []
+        if held and not calls:
+            rest.append(held)
+        return rest, calls
+
+
+def _usage(stream: Stream) -> CompletionUsage | None:
+    """None where the runtime does not count prompt tokens (before 1.2.1): no made-up number."""
+    perf = stream.perf
+    if perf is None or perf.prefill_tokens is None:
+        return None
+    completion = stream.n_tokens
+    return {"prompt_tokens": perf.prefill_tokens, "completion_tokens": completion,
+            "total_tokens": perf.prefill_tokens + completion}
+
+
+def _finish_reason(stream: Stream, answer: _Answer) -> Literal["stop", "length"]:
+    # "abort" (llm.abort() from elsewhere) is not an OpenAI reason: the answer stopped
+    return "length" if stream.finish_reason == "length" and not answer.stopped else "stop"
+
+
+def _meta(llm: CoreLLM, model: str | None, prefix: str) -> dict[str, Any]:
+    name = model or os.path.basename(llm.model_path).removesuffix(".rkllm")
+    return {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
+
+
+# ---- chat completions ------------------------------------------------------------------------
+
+class _ChatRequest:
+    """A chat request: checked when made (nothing runs yet), then :meth:`start` installs its
+    conversation in the model (a ChatSession) and starts the run; :meth:`close` takes it all
+    back, however far :meth:`start` got."""
+
+    def __init__(self, llm: CoreLLM, messages: Any, *, stream: bool, tools: Any,
+                 tool_choice: Any, template: ChatTemplate | str | None, model: str | None,
+                 options: dict[str, Any]) -> None:
+        self.llm = llm
+        self.split = split_messages(messages)
+        checked = check_tools(tools)
+        if tool_choice is not None and checked is None:
+            raise ParamError("tool_choice needs tools")
+        self.tools = check_tool_choice(tool_choice, checked)
+        self.template = template
+        self.opts: RequestOptions = request_options(llm, stream=stream, **options)
+        self.meta = _meta(llm, model, "chatcmpl")
+        self.hold_calls = self.tools is not None and stream  # tool calls come whole
+        self.session: ChatSession | None = None
+
+    def start(self) -> Stream:
+        system, history, role, content = self.split
+        self.session = ChatSession(self.llm, system, messages=history, template=self.template,
+                                   tools=self.tools)
+        self.answer = _Answer(self.session.end_marker, self.opts.stops, self.hold_calls)
+        self.stream = self.session.start(content, role=role, **self.opts.run)
+        return self.stream
+
+    def close(self) -> None:
+        """Ends the run and gives the model back its own state; idempotent."""
+        if self.session is not None:
+            self.session.close()
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> ChatCompletionChunk:
+        out: Any = {**self.meta, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                 "finish_reason": finish}]}
+        if self.opts.include_usage:
+            out["usage"] = None
+        return out  # type: ignore[no-any-return]
+
+    def pieces(self) -> Iterator[ChatCompletionChunk]:
+        """The chunks of the whole answer (the run ends before the last ones)."""
+        yield self.chunk({"role": "assistant", "content": ""})
+        for piece in self.stream:
+            for text in self.answer.feed(piece):
+                yield self.chunk({"content": text})
+            if self.answer.stopped:
+                break
+        self.stream.close()  # after a stop string: the run is aborted here
+        yield from self.last()
+
+    def last(self) -> list[ChatCompletionChunk]:
+        """After the run has ended: the held-back text or tool calls, the finish reason,
+        and the usage chunk if asked for."""
+        rest, calls = self.answer.finish()
+        out = [self.chunk({"content": text}) for text in rest]
+        if calls:
+            out.append(self.chunk({"tool_calls": [{"index": i, **c}
+                                                  for i, c in enumerate(calls)]}))
+        out.append(self.chunk({}, "tool_calls" if calls else
+                              _finish_reason(self.stream, self.answer)))
+        if self.opts.include_usage:
+            usage: Any = {**self.meta, "object": "chat.completion.chunk", "choices": [],
+                          "usage": _usage(self.stream)}
+            out.append(usage)
+        return out
+
+    def result(self) -> ChatCompletion:
+        """After the run has ended: the whole answer."""
+        self.answer.finish()
+        text = "".join(self.answer.text)
+        content, calls = parse_tool_calls(text) if self.tools is not None else (text, [])
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        out: Any = {**self.meta, "object": "chat.completion",
+                    "choices": [{"index": 0, "message": message, "logprobs": None,
+                                 "finish_reason": "tool_calls" if calls else
+                                 _finish_reason(self.stream, self.answer)}],
+                    "usage": _usage(self.stream)}
+        return out  # type: ignore[no-any-return]
+
+
+def _chunks_then_close(req: _ChatRequest) -> Iterator[ChatCompletionChunk]:
+    try:
+        yield from req.pieces()
+    finally:
+        req.close()
+
+
+@overload
+def create_chat_completion(llm: CoreLLM, messages: Sequence[Any], *,
+                           stream: Literal[False] = False, tools: Sequence[Any] | None = None,
+                           tool_choice: Any = None, template: ChatTemplate | str | None = None,
+                           model: str | None = None, **options: Any) -> ChatCompletion: ...
+
+
+@overload
+def create_chat_completion(llm: CoreLLM, messages: Sequence[Any], *, stream: Literal[True],
+                           tools: Sequence[Any] | None = None, tool_choice: Any = None,
+                           template: ChatTemplate | str | None = None, model: str | None = None,
+                           **options: Any) -> Iterator[ChatCompletionChunk]: ...
+
+
+@overload
+def create_chat_completion(llm: CoreLLM, messages: Sequence[Any], *, stream: bool,
+                           **options: Any) -> ChatCompletion | Iterator[ChatCompletionChunk]: ...
+
+
+def create_chat_completion(llm: CoreLLM, messages: Sequence[Any], *, stream: bool = False,
+                           tools: Sequence[Any] | None = None, tool_choice: Any = None,
+                           template: ChatTemplate | str | None = None, model: str | None = None,
+                           **options: Any) -> ChatCompletion | Iterator[ChatCompletionChunk]:
+    """Answers an OpenAI-style conversation, like llama-cpp-python's
+    ``Llama.create_chat_completion``: a ``chat.completion`` dict, or with ``stream=True`` an
+    iterator of ``chat.completion.chunk`` dicts. Messages are dicts or the ``openai``
+    package's message objects.
+
+    Honoured: ``max_tokens`` / ``max_completion_tokens``, ``stop`` (a str or a list: the run
+    is aborted where one appears, and it is not returned), ``seed`` (see docs/chat.md),
+    ``stream_options={"include_usage": True}``, ``tools`` and ``tool_choice`` ("auto",
+    "none", or a named function: only that one is declared), ``n=1``, and sampling
+    (``temperature``, ``top_p``, ``top_k``, penalties, mirostat; per request on runtime
+    1.3.0, before only the values the model was loaded with). Fields the runtime cannot
+    honour (``logprobs``, ``n`` > 1, ``response_format``, ``min_p``, ``logit_bias``, ...)
+    raise ParamError naming them. Other keyword arguments are run options
+    (``enable_thinking``, ...). ``usage`` is None where the runtime does not count prompt
+    tokens (before 1.2.1)."""
+    req = _ChatRequest(llm, messages, stream=stream, tools=tools, tool_choice=tool_choice,
+                       template=template, model=model, options=options)
+    try:  # entered before anything is installed: every way out below takes it back
+        req.start()
+        if stream:
+            return ChunkIterator(_chunks_then_close(req), req.close)
+        for _ in req.pieces():
+            pass
+        return req.result()
+    except BaseException:
+        req.close()
+        raise
+    finally:
+        if not stream:
+            req.close()
+
+
+async def _async_pieces(req: _ChatRequest) -> AsyncIterator[ChatCompletionChunk]:
+    from rkllm.aio import AsyncStream
+
+    try:
+        yield req.chunk({"role": "assistant", "content": ""})
+        pieces = AsyncStream(req.stream)
+        async for piece in pieces:
+            for text in req.answer.feed(piece):
+                yield req.chunk({"content": text})
+            if req.answer.stopped:
+                break
+        await pieces.aclose()  # after a stop string: the run is aborted here
+        for chunk in req.last():
+            yield chunk
+    finally:
+        req.close()
+
+
+@overload
+async def acreate_chat_completion(llm: CoreLLM, messages: Sequence[Any], *,
+                                  stream: Literal[False] = False, **options: Any
+                                  ) -> ChatCompletion: ...
+
+
+@overload
+async def acreate_chat_completion(llm: CoreLLM, messages: Sequence[Any], *,
+                                  stream: Literal[True], **options: Any
+                                  ) -> AsyncIterator[ChatCompletionChunk]: ...
+
+
+@overload
+async def acreate_chat_completion(llm: CoreLLM, messages: Sequence[Any], *, stream: bool,
+                                  **options: Any
+                                  ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]: ...
+
+
+async def acreate_chat_completion(llm: CoreLLM, messages: Sequence[Any], *,
+                                  stream: bool = False, tools: Sequence[Any] | None = None,
+                                  tool_choice: Any = None,
+                                  template: ChatTemplate | str | None = None,
+                                  model: str | None = None, **options: Any
+                                  ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
+    """:func:`create_chat_completion` for asyncio (the tokens come through
+    :mod:`rkllm.aio`, without blocking the loop): ``await`` it for the ``chat.completion``,
+    or with ``stream=True`` for an async iterator of chunks (``async for``; ``aclose()``
+    or ``break`` ends the run)."""
+    req = _ChatRequest(llm, messages, stream=stream, tools=tools, tool_choice=tool_choice,
+                       template=template, model=model, options=options)
+    try:
+        req.start()
+        chunks = AsyncChunkIterator(_async_pieces(req), req.close)
+        if stream:
+            return chunks
+        async for _ in chunks:
+            pass
+        return req.result()
+    except BaseException:
+        req.close()
+        raise
+
+
+# ---- text completions ------------------------------------------------------------------------
+
+def _text_chunk(meta: Mapping[str, Any], text: str, finish: str | None,
+                include_usage: bool) -> CompletionChunk:
+    out: Any = {**meta, "object": "text_completion",
+                "choices": [{"text": text, "index": 0, "logprobs": None,
+                             "finish_reason": finish}]}
+    if include_usage:
+        out["usage"] = None
+    return out  # type: ignore[no-any-return]
+
+
+@overload
+def create_completion(llm: CoreLLM, prompt: str | Sequence[int], *,
+                      stream: Literal[False] = False, max_tokens: int | None = 16,
+                      echo: bool = False, model: str | None = None, **options: Any
+                      ) -> Completion: ...
+
+
+@overload
+def create_completion(llm: CoreLLM, prompt: str | Sequence[int], *, stream: Literal[True],
+                      max_tokens: int | None = 16, echo: bool = False, model: str | None = None,
+                      **options: Any) -> Iterator[CompletionChunk]: ...
+
+
+@overload
+def create_completion(llm: CoreLLM, prompt: str | Sequence[int], *, stream: bool,
+                      **options: Any) -> Completion | Iterator[CompletionChunk]: ...
+
+
+def create_completion(llm: CoreLLM, prompt: str | Sequence[int], *, stream: bool = False,
+                      max_tokens: int | None = 16, echo: bool = False, model: str | None = None,
+                      **options: Any) -> Completion | Iterator[CompletionChunk]:
+    """A text completion, like llama-cpp-python's ``Llama.create_completion`` (and
+    ``Llama.__call__``): a ``text_completion`` dict, or chunks with ``stream=True``.
+    ``prompt`` is text (the runtime applies the model's chat template on 1.2.0+, as
+    :meth:`rkllm.LLM.complete` does) or token ids. ``max_tokens`` defaults to 16 as in
+    llama-cpp-python and OpenAI (None: the model's limit); ``echo=True`` puts the prompt
+    before the answer. ``stop``, ``seed``, ``stream_options`` and the other fields are
+    handled as in :func:`create_chat_completion`. Stateless."""
+    if not isinstance(echo, bool):
+        raise TypeError(f"echo must be a bool, got {type(echo).__name__}")
+    if "max_completion_tokens" in options:
+        raise ParamError("max_completion_tokens is a chat completion field; text completions "
+                         "take max_tokens")
+    if echo and not isinstance(prompt, str):
+        raise ParamError("echo=True needs a text prompt (token ids cannot be written back)")
+    opts = request_options(llm, stream=stream, max_tokens=max_tokens, **options)
+    meta = _meta(llm, model, "cmpl")
+    settle_model(llm)  # what an interrupted chat request left behind
+    run = llm.generate(prompt, **opts.run) if isinstance(prompt, str) else \
+        llm.generate(tokens=prompt, **opts.run)
+    answer = _Answer("", opts.stops, False)
+    head = [prompt] if echo and isinstance(prompt, str) else []
+
+    def texts() -> Iterator[str]:
+        try:
+            yield from head
+            for piece in run:
+                yield from answer.feed(piece)
+                if answer.stopped:
+                    break
+            run.close()
+            yield from answer.finish()[0]
+        finally:
+            run.close()
+
+    if stream:
+        def chunks() -> Iterator[CompletionChunk]:
+            for text in texts():
+                yield _text_chunk(meta, text, None, opts.include_usage)
+            yield _text_chunk(meta, "", _finish_reason(run, answer), opts.include_usage)
+            if opts.include_usage:
+                yield {**meta, "object": "text_completion", "choices": [],  # type: ignore[typeddict-item]
+                       "usage": _usage(run)}
+        return ChunkIterator(chunks(), run.close)
+    text = "".join(texts())
+    out: Any = {**meta, "object": "text_completion",
+                "choices": [{"text": text, "index": 0, "logprobs": None,
+                             "finish_reason": _finish_reason(run, answer)}],
+                "usage": _usage(run)}
+    return out  # type: ignore[no-any-return]
