@@ -26,7 +26,7 @@ from rkllm.errors import (
     UnsupportedRuntimeError,
 )
 
-INTERFACE_VERSION = 1
+INTERFACE_VERSION = 2
 if lib.rkshim_interface_version() != INTERFACE_VERSION:  # a stale build of the shim
     raise ImportError(
         f"rkllm._native has interface {lib.rkshim_interface_version()}, this rkllm needs "
@@ -120,9 +120,6 @@ class Runtime:
     @property
     def is_simulator(self) -> bool:
         return self.simulator_info is not None
-
-    def has_symbol(self, name: str) -> bool:
-        return bool(lib.rkshim_runtime_has_symbol(self._ptr, name.encode()))
 
     def default_params(self) -> dict[str, Any]:
         """The runtime's own ``rkllm_createDefaultParam``, in neutral form."""
@@ -284,11 +281,6 @@ class Model:
         check(lib.rkshim_model_end(self._ptr, timeout_ms, o))
         return _outcome(o) if o.status else None
 
-    def outcome(self) -> dict[str, Any]:
-        o = ffi.new("rkshim_outcome *")
-        check(lib.rkshim_model_outcome(self._ptr, o))
-        return _outcome(o)
-
     def array(self, kind: int) -> tuple[array.array[float], int, int] | None:
         data = ffi.new("float **")
         rows = ffi.new("int *")
@@ -342,3 +334,14 @@ class Model:
 
     def release_prompt_cache(self) -> None:
         check(lib.rkshim_model_release_prompt_cache(self._live()))
+
+    def set_cross_attn_params(self, k_cache: Any, v_cache: Any, mask: Any,
+                              pos: Sequence[int]) -> None:
+        """rkllm_set_cross_attn_params (1.2.1+): num_tokens = len(mask) = len(pos)."""
+        keep: list[Any] = []
+        k, n_k = _float_buffer(k_cache, keep)
+        v, n_v = _float_buffer(v_cache, keep)
+        msk, n_mask = _float_buffer(mask, keep)
+        p = ffi.new("int32_t[]", list(pos))
+        check(lib.rkshim_model_set_cross_attn_params(self._live(), k, n_k, v, n_v, msk, n_mask,
+                                                     p, len(p), n_mask))

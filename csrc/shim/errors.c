@@ -103,3 +103,6 @@ void rkshim_capture_end(rkshim_capture *c) {
     c->capture_fd = -1;
     pthread_mutex_unlock(&capture_lock);
 }
+
+void rkshim_capture_fork_prepare(void) { pthread_mutex_lock(&capture_lock); }
+void rkshim_capture_fork_parent(void) { pthread_mutex_unlock(&capture_lock); }
