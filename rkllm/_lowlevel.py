@@ -219,7 +219,8 @@ class Model:
               image_end: str | None = None, image_content: str | None = None,
               mode: int = 0, lora_adapter_name: str | None = None,
               save_prompt_cache_path: str | None = None, keep_history: bool = False,
-              max_new_tokens: int = -1, sampling: Mapping[str, Any] | None = None) -> None:
+              max_new_tokens: int = -1, sampling: Mapping[str, Any] | None = None,
+              embed_size: int = 0) -> None:
         ptr = self._live()
         keep: list[Any] = []
         a = ffi.new("rkshim_run_args *")
@@ -246,6 +247,7 @@ class Model:
         a.save_prompt_cache_path = _cstr(save_prompt_cache_path, keep)
         a.keep_history = int(keep_history)
         a.max_new_tokens = max_new_tokens
+        a.embed_size = embed_size  # floats per row when known (0: the shim checks what it can)
         if sampling is not None:
             a.has_sampling = 1
             for name in SAMPLING_FIELDS:
