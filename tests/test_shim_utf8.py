@@ -19,11 +19,12 @@ def _first_partial_token(llm: rkllm.LLM) -> tuple[str, int] | None:
     assert model is not None
     for prompt in PROMPTS:
         model.start(input_type=ll.INPUT_PROMPT, prompt=prompt, max_new_tokens=400)
-        prev = index = 0
+        index = 0
         found = None
         done = False
         while not done:
             _, ends, done = model.pull(1000)
+            prev = 0  # offsets count from the start of each batch
             for end in ends:
                 if end == prev and found is None:
                     found = index
