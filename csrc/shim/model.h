@@ -51,9 +51,10 @@ struct rkshim_model {
     void *kept[8];             /* what rkllm_init may keep pointers to (rkshim_model_keep) */
     int n_kept;
 
-    _Atomic int32_t p_tokens;  /* tokens delivered in this run (producer) */
-    rkshim_utf8 utf8;          /* the producer's held-back bytes */
-    _Atomic int consuming;     /* a thread is inside pull */
+    /* written for every token (producer) or every batch (consumer): own cache lines */
+    _Alignas(64) _Atomic int32_t p_tokens; /* tokens delivered in this run (producer) */
+    rkshim_utf8 utf8;                      /* the producer's held-back bytes */
+    _Alignas(64) _Atomic int consuming;    /* a thread is inside pull */
     rkshim_ring ring;
 };
 
