@@ -103,9 +103,7 @@ typedef struct {
 } rkshim_capture;
 void rkshim_capture_begin(rkshim_capture *c);
 void rkshim_capture_end(rkshim_capture *c);
-/* pthread_atfork handlers: fork waits for a capture in progress (the child's stderr is then
- * the real one, and its capture lock free). */
-void rkshim_capture_fork_prepare(void);
-void rkshim_capture_fork_parent(void); /* also the child's (the forking thread holds it) */
+/* In the child after fork() (pthread_atfork): undoes a capture the parent had in progress. */
+void rkshim_capture_after_fork_child(void);
 
 #endif

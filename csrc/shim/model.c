@@ -67,11 +67,9 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void atfork_child(void) {
     atomic_fetch_add(&fork_epoch, 1);
-    rkshim_capture_fork_parent(); /* the same unlock in the child */
+    rkshim_capture_after_fork_child();
 }
-static void register_atfork(void) {
-    pthread_atfork(rkshim_capture_fork_prepare, rkshim_capture_fork_parent, atfork_child);
-}
+static void register_atfork(void) { pthread_atfork(NULL, NULL, atfork_child); }
 
 int rkshim_model_forked(rkshim_model *m) {
     if (m->epoch == atomic_load_explicit(&fork_epoch, memory_order_relaxed)) return 0;
