@@ -313,7 +313,14 @@ static void destroy(rkshim_model *m) {
 static void unref(rkshim_model *m) {
     if (atomic_fetch_sub(&m->refs, 1) != 1) return;
     pthread_mutex_lock(&m->lock);
-    int busy = m->aborters || (m->runner_live && !m->run_done);
+    if (m->runner_live && m->run_done && !m->join_claimed) { /* finished, not joined yet */
+        m->join_claimed = 1;
+        pthread_mutex_unlock(&m->lock);
+        pthread_join(m->runner, NULL);
+        pthread_mutex_lock(&m->lock);
+        m->runner_live = m->join_claimed = 0;
+    }
+    int busy = m->aborters || m->runner_live;
     pthread_mutex_unlock(&m->lock);
     if (!busy) destroy(m); /* else a runtime that never stopped: leak rather than free under it */
 }
