@@ -186,7 +186,9 @@ int rkshim_model_is_closed(rkshim_model *m);
  * runtime's last callback; timeout_ms bounds that wait; out, if not NULL, gets how the
  * run ended, unless the session had already ended; on E_TIMEOUT the session is left to
  * the model, whose next start/call/close waits for the runtime and finishes it). abort only
- * asks the runtime to stop; the consumer still pulls until done. */
+ * asks the runtime to stop; the consumer still pulls until done. A successful start holds a
+ * reference to the model until the first end after it (also one that returns E_TIMEOUT or
+ * E_CLOSED): call end exactly once per started run, even after free. */
 int rkshim_model_start(rkshim_model *m, const rkshim_run_args *args);
 int rkshim_model_pull(rkshim_model *m, rkshim_batch *out, int timeout_ms);
 int rkshim_model_abort(rkshim_model *m);
