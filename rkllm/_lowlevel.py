@@ -26,7 +26,7 @@ from rkllm.errors import (
     UnsupportedRuntimeError,
 )
 
-INTERFACE_VERSION = 1
+INTERFACE_VERSION = 2
 if lib.rkshim_interface_version() != INTERFACE_VERSION:  # a stale build of the shim
     raise ImportError(
         f"rkllm._native has interface {lib.rkshim_interface_version()}, this rkllm needs "
@@ -120,9 +120,6 @@ class Runtime:
     @property
     def is_simulator(self) -> bool:
         return self.simulator_info is not None
-
-    def has_symbol(self, name: str) -> bool:
-        return bool(lib.rkshim_runtime_has_symbol(self._ptr, name.encode()))
 
     def default_params(self) -> dict[str, Any]:
         """The runtime's own ``rkllm_createDefaultParam``, in neutral form."""
@@ -222,7 +219,8 @@ class Model:
               image_end: str | None = None, image_content: str | None = None,
               mode: int = 0, lora_adapter_name: str | None = None,
               save_prompt_cache_path: str | None = None, keep_history: bool = False,
-              max_new_tokens: int = -1, sampling: Mapping[str, Any] | None = None) -> None:
+              max_new_tokens: int = -1, sampling: Mapping[str, Any] | None = None,
+              embed_size: int = 0) -> None:
         ptr = self._live()
         keep: list[Any] = []
         a = ffi.new("rkshim_run_args *")
@@ -249,6 +247,7 @@ class Model:
         a.save_prompt_cache_path = _cstr(save_prompt_cache_path, keep)
         a.keep_history = int(keep_history)
         a.max_new_tokens = max_new_tokens
+        a.embed_size = embed_size  # floats per row when known (0: the shim checks what it can)
         if sampling is not None:
             a.has_sampling = 1
             for name in SAMPLING_FIELDS:
@@ -283,11 +282,6 @@ class Model:
         o = ffi.new("rkshim_outcome *")
         check(lib.rkshim_model_end(self._ptr, timeout_ms, o))
         return _outcome(o) if o.status else None
-
-    def outcome(self) -> dict[str, Any]:
-        o = ffi.new("rkshim_outcome *")
-        check(lib.rkshim_model_outcome(self._ptr, o))
-        return _outcome(o)
 
     def array(self, kind: int) -> tuple[array.array[float], int, int] | None:
         data = ffi.new("float **")
@@ -342,3 +336,14 @@ class Model:
 
     def release_prompt_cache(self) -> None:
         check(lib.rkshim_model_release_prompt_cache(self._live()))
+
+    def set_cross_attn_params(self, k_cache: Any, v_cache: Any, mask: Any,
+                              pos: Sequence[int]) -> None:
+        """rkllm_set_cross_attn_params (1.2.1+): num_tokens = len(mask) = len(pos)."""
+        keep: list[Any] = []
+        k, n_k = _float_buffer(k_cache, keep)
+        v, n_v = _float_buffer(v_cache, keep)
+        msk, n_mask = _float_buffer(mask, keep)
+        p = ffi.new("int32_t[]", list(pos))
+        check(lib.rkshim_model_set_cross_attn_params(self._live(), k, n_k, v, n_v, msk, n_mask,
+                                                     p, len(p), n_mask))

@@ -287,6 +287,13 @@ class CoreLLM:
     def release_prompt_cache(self) -> None:
         self._live().release_prompt_cache()
 
+    def set_cross_attn_params(self, encoder_k_cache: Any, encoder_v_cache: Any,
+                              encoder_mask: Any, encoder_pos: Sequence[int]) -> None:
+        """The encoder outputs for cross attention (1.2.1+; load with use_cross_attn=True):
+        float32 caches of equal length, and one mask value and position per encoder token."""
+        self._live().set_cross_attn_params(encoder_k_cache, encoder_v_cache, encoder_mask,
+                                           encoder_pos)
+
     # ---- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
         """Aborts a run in progress (any thread may call this), waits for the runtime, and

@@ -1,6 +1,8 @@
 /* rkllm-cffi shim: per-thread error state and capture of the runtime's stderr lines. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +53,8 @@ int rkshim_fail_rc(int code, int runtime_rc, const char *fmt, ...) {
  * threads' stderr output during that window is delayed, not lost. RKLLM_CAPTURE_STDERR=0
  * turns this off. */
 static pthread_mutex_t capture_lock = PTHREAD_MUTEX_INITIALIZER;
+/* the real stderr while a capture is in progress (-1: none), for a child forked meanwhile */
+static volatile sig_atomic_t capture_saved_fd = -1;
 
 void rkshim_capture_begin(rkshim_capture *c) {
     c->saved_fd = c->capture_fd = -1;
@@ -60,8 +64,10 @@ void rkshim_capture_begin(rkshim_capture *c) {
     pthread_mutex_lock(&capture_lock);
     fflush(stderr);
     int fd = memfd_create("rkllm-stderr", MFD_CLOEXEC);
-    int saved = fd >= 0 ? dup(2) : -1;
+    int saved = fd >= 0 ? fcntl(2, F_DUPFD_CLOEXEC, 0) : -1;
+    capture_saved_fd = saved;
     if (fd < 0 || saved < 0 || dup2(fd, 2) < 0) {
+        capture_saved_fd = -1;
         if (fd >= 0) close(fd);
         if (saved >= 0) close(saved);
         pthread_mutex_unlock(&capture_lock);
@@ -75,6 +81,7 @@ void rkshim_capture_end(rkshim_capture *c) {
     if (c->capture_fd < 0) return;
     fflush(stderr);
     dup2(c->saved_fd, 2);
+    capture_saved_fd = -1;
     close(c->saved_fd);
     off_t size = lseek(c->capture_fd, 0, SEEK_END);
     if (size > 0) {
@@ -102,4 +109,13 @@ void rkshim_capture_end(rkshim_capture *c) {
     close(c->capture_fd);
     c->capture_fd = -1;
     pthread_mutex_unlock(&capture_lock);
+}
+
+/* In a child forked during a capture (fork does not wait for it: a model load may take
+ * minutes): stderr is the real one again and the lock, held by a thread that is not in the
+ * child, is made anew. */
+void rkshim_capture_after_fork_child(void) {
+    if (capture_saved_fd >= 0) dup2(capture_saved_fd, 2);
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    memcpy(&capture_lock, &fresh, sizeof fresh);
 }

@@ -272,6 +272,26 @@ static int fam_load_lora(rkshim_runtime *rt, void *handle, const char *path, con
     return ((int (*)(LLMHandle, RKLLMLoraAdapter *))rt->sym[SYM_load_lora])(handle, &adapter);
 }
 
+#if HAS_V121
+_Static_assert(sizeof(RKLLMCrossAttnParam) <= RKSHIM_CROSS_PARAM_SIZE, "cross attn param size");
+static int fam_set_cross_attn(rkshim_runtime *rt, void *handle, void *param_mem, float *k_cache,
+                              float *v_cache, float *mask, int32_t *pos, int num_tokens) {
+    RKLLMCrossAttnParam *p = param_mem;
+    memset(p, 0, sizeof *p);
+    p->encoder_k_cache = k_cache;
+    p->encoder_v_cache = v_cache;
+    p->encoder_mask = mask;
+    p->encoder_pos = pos;
+    p->num_tokens = num_tokens;
+    return ((int (*)(LLMHandle, RKLLMCrossAttnParam *))rt->sym[SYM_set_cross_attn_params])(
+        handle, p);
+}
+#define FAM_CROSS fam_set_cross_attn
+#else
+#define FAM_CROSS NULL
+#endif
+
 const rkshim_family FAM_TABLE = {
     FAM_NAME, fam_default_param, fam_init, fam_run, fam_clear_kv_cache, fam_load_lora,
+    FAM_CROSS, FAM_ID,
 };

@@ -16,7 +16,6 @@ enum {
     SYM_release_prompt_cache,
     SYM_destroy,
     SYM_run,
-    SYM_run_async,
     SYM_abort,
     SYM_is_running,
     SYM_clear_kv_cache,
@@ -60,7 +59,13 @@ typedef struct rkshim_family {
     int (*clear_kv_cache)(rkshim_runtime *rt, void *handle, int keep, int *start, int *end);
     int (*load_lora)(rkshim_runtime *rt, void *handle, const char *path, const char *name,
                      float scale);
+    /* NULL before 1.2.1; param_mem: RKSHIM_CROSS_PARAM_SIZE bytes for the runtime's struct,
+     * kept alive by the caller with the arrays */
+    int (*set_cross_attn)(rkshim_runtime *rt, void *handle, void *param_mem, float *k_cache,
+                          float *v_cache, float *mask, int32_t *pos, int num_tokens);
+    int id; /* 110, 120, 121, 130 */
 } rkshim_family;
+#define RKSHIM_CROSS_PARAM_SIZE 64
 
 extern const rkshim_family rkshim_family_1_1_0, rkshim_family_1_2_0, rkshim_family_1_2_1,
     rkshim_family_1_3_0;
@@ -98,5 +103,7 @@ typedef struct {
 } rkshim_capture;
 void rkshim_capture_begin(rkshim_capture *c);
 void rkshim_capture_end(rkshim_capture *c);
+/* In the child after fork() (pthread_atfork): undoes a capture the parent had in progress. */
+void rkshim_capture_after_fork_child(void);
 
 #endif

@@ -23,8 +23,8 @@
 
 const char *const rkshim_symbol_names[SYM_COUNT] = {
     "rkllm_createDefaultParam", "rkllm_init", "rkllm_load_lora", "rkllm_load_prompt_cache",
-    "rkllm_release_prompt_cache", "rkllm_destroy", "rkllm_run", "rkllm_run_async",
-    "rkllm_abort", "rkllm_is_running", "rkllm_clear_kv_cache", "rkllm_get_kv_cache_size",
+    "rkllm_release_prompt_cache", "rkllm_destroy", "rkllm_run", "rkllm_abort",
+    "rkllm_is_running", "rkllm_clear_kv_cache", "rkllm_get_kv_cache_size",
     "rkllm_set_chat_template", "rkllm_set_function_tools", "rkllm_set_cross_attn_params",
 };
 
@@ -87,20 +87,8 @@ static const rkshim_family *family_of_release(const char *rel) {
     return NULL;
 }
 
-/* 0 if path is an ELF file for this machine, else a reason in why. */
-static int check_elf(const char *path, char *why, size_t n) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(why, n, errno == ENOENT ? "no such file" : "cannot open (%s)", strerror(errno));
-        return -1;
-    }
-    unsigned char h[64];
-    ssize_t got = read(fd, h, sizeof h);
-    close(fd);
-    if (got < 20 || memcmp(h, ELFMAG, SELFMAG) != 0) {
-        snprintf(why, n, "not an ELF shared library");
-        return -1;
-    }
+/* The ELF header: class, machine and type of this host's shared libraries. */
+static int check_header(const unsigned char *h, char *why, size_t n) {
     unsigned cls = h[EI_CLASS];
     unsigned machine = h[EI_DATA] == ELFDATA2MSB ? (unsigned)(h[18] << 8 | h[19])
                                                  : (unsigned)(h[18] | h[19] << 8);
@@ -119,16 +107,88 @@ static int check_elf(const char *path, char *why, size_t n) {
         snprintf(why, n, "an ELF file but not a shared library");
         return -1;
     }
+    if (h[EI_DATA] != (ELFDATA2LSB + (__BYTE_ORDER__ == __ORDER_BIG_ENDIAN__))) {
+        snprintf(why, n, "an ELF file of the other byte order");
+        return -1;
+    }
     return 0;
+}
+
+/* Do the program headers, the segments they name (loaded and dynamic) and the section
+ * headers lie inside the file? A truncated library would otherwise be mapped by dlopen and
+ * die with SIGBUS on the first page past the end. 0, or -1 with a reason in why. */
+static int check_extent(int fd, const ElfW(Ehdr) *e, off_t size, char *why, size_t n) {
+    uint64_t fsize = (uint64_t)size;
+    uint64_t ph_end = (uint64_t)e->e_phoff + (uint64_t)e->e_phnum * e->e_phentsize;
+    uint64_t sh_end = (uint64_t)e->e_shoff + (uint64_t)e->e_shnum * e->e_shentsize;
+    if (e->e_phentsize != sizeof(ElfW(Phdr)) || e->e_phnum == 0 || ph_end > fsize ||
+        (e->e_shoff && sh_end > fsize)) {
+        snprintf(why, n, "a truncated or damaged ELF file (%lld bytes; its headers reach "
+                         "past the end)", (long long)size);
+        return -1;
+    }
+    for (unsigned i = 0; i < e->e_phnum; i++) {
+        ElfW(Phdr) ph;
+        off_t at = (off_t)(e->e_phoff + (uint64_t)i * sizeof ph);
+        if (pread(fd, &ph, sizeof ph, at) != (ssize_t)sizeof ph) {
+            snprintf(why, n, "cannot read its program headers (%s)", strerror(errno));
+            return -1;
+        }
+        if ((ph.p_type == PT_LOAD || ph.p_type == PT_DYNAMIC) &&
+            (uint64_t)ph.p_offset + ph.p_filesz > fsize) {
+            snprintf(why, n, "a truncated ELF file: it is %lld bytes, but its %s segment "
+                             "reaches byte %llu",
+                     (long long)size, ph.p_type == PT_LOAD ? "loadable" : "dynamic",
+                     (unsigned long long)((uint64_t)ph.p_offset + ph.p_filesz));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* 0 if path is a complete ELF shared library for this machine, else a reason in why. Opened
+ * non-blocking and checked to be a regular file first: a FIFO or device never blocks us. */
+static int check_elf(const char *path, char *why, size_t n) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, n, errno == ENOENT ? "no such file" : "cannot open (%s)", strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    int rc = -1;
+    unsigned char h[sizeof(ElfW(Ehdr))];
+    if (fstat(fd, &st) != 0) {
+        snprintf(why, n, "cannot stat (%s)", strerror(errno));
+    } else if (!S_ISREG(st.st_mode)) {
+        snprintf(why, n, "not a regular file (%s)",
+                 S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO"
+                                                       : "a device or socket");
+    } else if (pread(fd, h, sizeof h, 0) < 20 || memcmp(h, ELFMAG, SELFMAG) != 0) {
+        snprintf(why, n, "not an ELF shared library");
+    } else {
+        rc = check_header(h, why, n);
+        if (rc == 0) {
+            if ((size_t)st.st_size < sizeof(ElfW(Ehdr))) {
+                snprintf(why, n, "a truncated ELF file (%lld bytes)", (long long)st.st_size);
+                rc = -1;
+            } else {
+                ElfW(Ehdr) e;
+                memcpy(&e, h, sizeof e);
+                rc = check_extent(fd, &e, st.st_size, why, n);
+            }
+        }
+    }
+    close(fd);
+    return rc;
 }
 
 /* Looks for "RKLLM SDK (version: X.Y.Z" in the file; release gets "X.Y.Z" or "". */
 static void scan_release(const char *path, char *release, size_t n) {
     release[0] = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) return;
     struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
         close(fd);
         return;
     }
@@ -362,12 +422,6 @@ const char *rkshim_runtime_release(const rkshim_runtime *rt) { return rt->releas
 const char *rkshim_runtime_detected_by(const rkshim_runtime *rt) { return rt->detected_by; }
 const char *rkshim_runtime_sim_info(const rkshim_runtime *rt) {
     return rt->is_sim ? rt->sim_info : NULL;
-}
-
-int rkshim_runtime_has_symbol(const rkshim_runtime *rt, const char *name) {
-    for (int i = 0; i < SYM_COUNT; i++)
-        if (strcmp(name, rkshim_symbol_names[i]) == 0) return rt->sym[i] != NULL;
-    return rt->dl && dlsym(rt->dl, name) != NULL;
 }
 
 int rkshim_runtime_default_param(rkshim_runtime *rt, rkshim_param *out) {

@@ -8,6 +8,6 @@
 #include "rkshim_api.h"
 
 /* Bumped whenever rkshim_api.h changes; rkllm/_lowlevel.py checks it at import. */
-#define RKSHIM_INTERFACE_VERSION 1
+#define RKSHIM_INTERFACE_VERSION 2
 
 #endif

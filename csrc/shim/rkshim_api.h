@@ -85,7 +85,10 @@ typedef struct {
 } rkshim_sampling;
 
 /* One run: the input, then the infer params. Everything is copied by rkshim_model_start,
- * so the caller's buffers may go away as soon as it returns. */
+ * so the caller's buffers may go away as soon as it returns. Every buffer comes with its
+ * element count (n_token_ids, n_embed_floats, n_image_floats), and start refuses
+ * (RKSHIM_E_PARAM) a request whose buffers are shorter than what the runtime will read:
+ * rows x embed_size floats (csrc/shim/job.c says how the embedding size is known). */
 typedef struct {
     int32_t input_type;          /* RKSHIM_INPUT_* */
     const char *role;            /* NULL: the runtime's default ("user") */
@@ -112,6 +115,7 @@ typedef struct {
     int32_t max_new_tokens;      /* < 0: the model's limit */
     int32_t has_sampling;
     rkshim_sampling sampling;
+    size_t embed_size;           /* floats per embedding row if the caller knows; 0: not known */
 } rkshim_run_args;
 
 /* What one rkshim_model_pull hands over; valid until the next pull or end on that model.
@@ -164,11 +168,13 @@ const char *rkshim_runtime_family(const rkshim_runtime *rt);
 const char *rkshim_runtime_release(const rkshim_runtime *rt);   /* "" when not known */
 const char *rkshim_runtime_detected_by(const rkshim_runtime *rt);
 const char *rkshim_runtime_sim_info(const rkshim_runtime *rt);  /* NULL: not a simulator */
-int rkshim_runtime_has_symbol(const rkshim_runtime *rt, const char *name);
 int rkshim_runtime_default_param(rkshim_runtime *rt, rkshim_param *out);
 
 /* A loaded model. Every function below is safe from any thread at any time, before and
- * after close; the memory lives until rkshim_model_free (which closes first). */
+ * after close; free closes and drops the owner's reference: the memory lives until that and
+ * the end of the last session started (a stream may be ended after its model was freed).
+ * After fork(), a model of the parent fails every call in the child with RKSHIM_E_CLOSED
+ * (close and free succeed without touching the runtime; is_closed is 1). */
 int rkshim_model_open(rkshim_runtime *rt, const char *model_path, const rkshim_param *param,
                       rkshim_model **out);
 int rkshim_model_close(rkshim_model *m);
@@ -180,12 +186,13 @@ int rkshim_model_is_closed(rkshim_model *m);
  * runtime's last callback; timeout_ms bounds that wait; out, if not NULL, gets how the
  * run ended, unless the session had already ended; on E_TIMEOUT the session is left to
  * the model, whose next start/call/close waits for the runtime and finishes it). abort only
- * asks the runtime to stop; the consumer still pulls until done. */
+ * asks the runtime to stop; the consumer still pulls until done. A successful start holds a
+ * reference to the model until the first end after it (also one that returns E_TIMEOUT or
+ * E_CLOSED): call end exactly once per started run, even after free. */
 int rkshim_model_start(rkshim_model *m, const rkshim_run_args *args);
 int rkshim_model_pull(rkshim_model *m, rkshim_batch *out, int timeout_ms);
 int rkshim_model_abort(rkshim_model *m);
 int rkshim_model_end(rkshim_model *m, int timeout_ms, rkshim_outcome *out);
-int rkshim_model_outcome(rkshim_model *m, rkshim_outcome *out);
 /* The last hidden states (kind RKSHIM_MODE_HIDDEN) or logits (RKSHIM_MODE_LOGITS) of the
  * current run: rows x cols floats, valid until the next start or end. */
 int rkshim_model_array(rkshim_model *m, int kind, const float **data, int *rows, int *cols);
@@ -204,3 +211,11 @@ int rkshim_model_load_lora(rkshim_model *m, const char *path, const char *name, 
 int rkshim_model_load_prompt_cache(rkshim_model *m, const char *path);
 int rkshim_model_release_prompt_cache(rkshim_model *m);
 int rkshim_model_is_running(rkshim_model *m);
+/* 1.2.1+ (E_MISSING before): the encoder outputs for cross attention (the model must have been
+ * loaded with use_cross_attn = 1). mask and pos hold num_tokens values; the caches' shape
+ * depends on the model's layers: equal lengths, whole multiples of num_tokens. Copied and
+ * kept by the shim until the next successful call or the model's end. */
+int rkshim_model_set_cross_attn_params(rkshim_model *m, const float *k_cache, size_t n_k,
+                                       const float *v_cache, size_t n_v, const float *mask,
+                                       size_t n_mask, const int32_t *pos, size_t n_pos,
+                                       int num_tokens);
