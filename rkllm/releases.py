@@ -56,6 +56,9 @@ FUNCTIONS: dict[str, str] = {
     "rkllm_set_cross_attn_params": "1.2.1",
 }
 
+#: Exported functions the shim does not bind, and why.
+UNBOUND_FUNCTIONS = {"rkllm_run_async": "the shim runs rkllm_run on a thread of its own"}
+
 #: SoCs the runtime supports, as the device tree and model names spell them.
 SOCS: tuple[str, ...] = ("rk3588", "rk3576", "rk3562", "rv1126b")
 #: Other spellings of a supported SoC (the RK3588S runs RK3588 models).
