@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 # verb group modules, in the order their verbs appear in --help
-VERB_MODULES = ("run", "chat", "models", "doctor", "sim", "runtime")
+VERB_MODULES = ("run", "chat", "models", "doctor", "sim", "runtime", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
