@@ -111,8 +111,13 @@ class Conversation:
                            code="no_chat_template")
         return self.template
 
-    def forget(self) -> None:
+    def fresh(self) -> None:
+        """Before a run outside any conversation (a plain prompt, embeddings): the model's
+        own template, no tools, an empty kv cache (a run starts from what the cache holds)."""
         self.held = None
+        if self.keep:
+            self._prepare(None, [], None)
+            self.llm.clear_kv_cache()
 
     def start(self, messages: Any, tools: str | None, options: dict[str, Any]) -> Started:
         """Starts the answer to ``messages`` (OpenAI-style) with ``tools`` (a JSON list)."""

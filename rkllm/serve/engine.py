@@ -100,7 +100,7 @@ class Answer:
                 metrics.inc("rkllm_prefill_tokens_saved_total", started.saved_tokens,
                             model=self.model)
         else:
-            self.conv.forget()
+            self.conv.fresh()
             assert slot.llm is not None
             self._stream = slot.llm.agenerate(job.prompt, **job.options)
 

@@ -237,7 +237,7 @@ async def embed(server: Server, spec: Any, texts: list[str]) -> tuple[list[list[
 
         llm = slot.llm
         assert llm is not None
-        conversation_of(slot).forget()  # the run replaces what the kv cache held
+        conversation_of(slot).fresh()  # the run replaces what the kv cache held
         for text in texts:
             # one blocking run per text, in a worker thread (not one per token)
             tensor = await asyncio.to_thread(llm.hidden_states, text)

@@ -76,6 +76,24 @@ def _runtime_for(spec: ModelSpec, settings: Settings) -> str | None:
         return "sim"
 
 
+DEFAULT_CONTEXT = 4096
+
+
+def _context_len(path: str) -> int:
+    """A conversation needs room: DEFAULT_CONTEXT tokens, or the model's own limit when it is
+    smaller (the runtime's default, 512, is too short for a chat; a model's "params" in the
+    config set it explicitly)."""
+    from rkllm.inspect import inspect_model
+
+    try:
+        limit = inspect_model(path).facts.get("max_context_len")
+    except Exception:  # noqa: BLE001 - the loader reports an unreadable file itself
+        return DEFAULT_CONTEXT
+    value = limit.value if limit is not None else None
+    return min(DEFAULT_CONTEXT, value) if isinstance(value, int) and value > 0 \
+        else DEFAULT_CONTEXT
+
+
 class Scheduler:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -184,7 +202,8 @@ class Scheduler:
     def _open(self, spec: ModelSpec) -> LLM:
         from rkllm.llm import LLM
 
-        params = {"skip_special_token": True, **spec.params}  # special tokens never leak
+        params = {"skip_special_token": True,  # special tokens never leak
+                  "max_context_len": _context_len(spec.path), **spec.params}
         return LLM(spec.path, runtime=_runtime_for(spec, self.settings), params=params)
 
     async def unload(self, slot: Slot, reason: str) -> None:
