@@ -6,7 +6,6 @@ import asyncio
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 

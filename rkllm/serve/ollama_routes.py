@@ -340,16 +340,20 @@ class OllamaRoutes:
             raise APIError(400, f"model {name!r}: only models in the Hugging Face cache "
                                 f"(REPO or REPO:FILE) can be deleted")
         ref = name.removesuffix(":latest")
-        for slot in list(self.server.scheduler.slots.values()):
-            if slot.spec.name == ref or slot.spec.name.startswith(ref + ":"):
-                async with self.server.scheduler.use(slot.spec, keep_alive=-1) as held:
-                    await self.server.scheduler.unload(held, "deleted")
         try:
-            await asyncio.to_thread(remove, ref)
+            removed = await asyncio.to_thread(remove, ref)
         except Exception as exc:
             from rkllm.errors import ModelNotFoundError
 
             if isinstance(exc, ModelNotFoundError):
                 raise APIError(404, f"model '{ref}' not found") from None
             raise
+        gone = {os.path.realpath(m.path) for m in removed}
+        scheduler = self.server.scheduler
+        for slot in list(scheduler.slots.values()):
+            if os.path.realpath(slot.spec.path) in gone or not os.path.exists(slot.spec.path):
+                if slot.llm is not None:  # its file is gone: unload it after its turn
+                    async with scheduler.use(slot.spec, keep_alive=-1) as held:
+                        await scheduler.unload(held, "deleted")
+                scheduler.slots.pop(slot.spec.name, None)
         return Response(status_code=200)
