@@ -67,7 +67,8 @@ class ServeProcess:
         raise RuntimeError(f"rkllm serve did not start in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def trace(self, call: str | None = None) -> list[dict[str, Any]]:

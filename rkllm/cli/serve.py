@@ -9,6 +9,7 @@ aborted and the process exits 0; a second signal aborts at once.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from typing import Any
@@ -126,6 +127,7 @@ class _Draining:
                 await super().startup(sockets)
                 if self.started:
                     outer.announce()
+                    self._drained = asyncio.ensure_future(outer.exit_when_drained(self))
 
         self.runner = Runner(config)
 
@@ -141,9 +143,12 @@ class _Draining:
         print(f"rkllm serve: listening on http://{s.host}:{s.port} (OpenAI API at /v1, Ollama "
               f"API at /api; {key}); models: {names}", file=sys.stderr, flush=True)
 
-    def on_signal(self, runner: Any) -> None:
-        import asyncio
+    async def exit_when_drained(self, runner: Any) -> None:
+        """A drain (signal or POST /admin/drain) ends the process once it is over."""
+        await self.server.stopped.wait()
+        runner.should_exit = True
 
+    def on_signal(self, runner: Any) -> None:
         self.signals += 1
         if self.signals > 1 or not runner.started:
             print("rkllm serve: stopping now", file=sys.stderr, flush=True)
@@ -152,12 +157,7 @@ class _Draining:
             return
         print(f"rkllm serve: draining (up to {self.server.settings.grace:g}s; a second "
               f"signal stops at once)", file=sys.stderr, flush=True)
-        loop = asyncio.get_event_loop()
-
-        def begin() -> None:
-            task = self.server.start_drain()
-            task.add_done_callback(lambda _: setattr(runner, "should_exit", True))
-        loop.call_soon_threadsafe(begin)
+        asyncio.get_event_loop().call_soon_threadsafe(self.server.start_drain)
 
     def run(self) -> None:
         self.runner.run()
