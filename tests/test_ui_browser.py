@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from serve_support import ServeProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
