@@ -133,15 +133,17 @@ class Conversation:
         self.held = None  # until this answer has ended well
         if not self.keep:
             prompt = self._render_all(system, history, text)
-            return Started(self.llm.agenerate(prompt, **options), False, 0, request)
+            return Started(self.llm.agenerate(prompt, chunked=True, **options), False, 0, request)
         if held is not None and (held.system, held.tools) == (system, tools) \
                 and held.turns == _turns(history):
             saved = self._cached_tokens()
-            stream = self.llm.agenerate(text, keep_history=True, role=run_role, **options)
+            stream = self.llm.agenerate(text, chunked=True, keep_history=True, role=run_role,
+                                         **options)
             return Started(stream, True, saved, request)
         self._prepare(system, history, tools)
         self.llm.clear_kv_cache()
-        stream = self.llm.agenerate(text, keep_history=True, role=run_role, **options)
+        stream = self.llm.agenerate(text, chunked=True, keep_history=True, role=run_role,
+                                         **options)
         return Started(stream, False, 0, request)
 
     def _render_all(self, system: str | None, history: list[dict[str, str]], text: str) -> str:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from rkllm.serve.scheduler import Slot
     from rkllm.stream import Perf
 
-_SPECIAL = re.compile(r"\s*<\|[^|<>\s]{1,40}\|>\s*|\s*<｜[^｜]{1,40}｜>\s*")
+_SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜]{1,40}｜>")
 TOOL_OPEN = "<tool_call>"
 
 
@@ -73,8 +73,9 @@ def conversation_of(slot: Slot) -> Conversation:
 
 
 class Answer:
-    """The answer to a :class:`Job` on a held slot: ``async for delta in answer`` yields
-    the text the client sees; afterwards :attr:`text`, :attr:`tool_calls`,
+    """The answer to a :class:`Job` on a held slot: ``async for delta in answer.deltas()``
+    yields the text the client sees, one piece per batch the runtime delivered (one token at
+    a board's pace, several when the client is slower than the runtime); afterwards :attr:`text`, :attr:`tool_calls`,
     :attr:`finish_reason`, :attr:`perf`, token counts."""
 
     def __init__(self, slot: Slot, job: Job, metrics: Metrics) -> None:
@@ -102,7 +103,7 @@ class Answer:
         else:
             self.conv.fresh()
             assert slot.llm is not None
-            self._stream = slot.llm.agenerate(job.prompt, **job.options)
+            self._stream = slot.llm.agenerate(job.prompt, chunked=True, **job.options)
 
     async def deltas(self) -> AsyncIterator[str]:
         stream = self._stream
@@ -115,9 +116,10 @@ class Answer:
             async for piece in stream:
                 if self.first_token_at is None:
                     self.first_token_at = time.monotonic()
-                if piece.startswith(("<", " <", "\n<")) and (
-                        piece.strip() == marker or _SPECIAL.fullmatch(piece)):
-                    continue  # a special token spelled out: never shown
+                if "<" in piece:  # a special token spelled out is never shown
+                    if marker:
+                        piece = piece.replace(marker, "")
+                    piece = _SPECIAL.sub("", piece)
                 if stops is not None:
                     piece, hit = stops.feed(piece)
                     if hit:
