@@ -141,7 +141,7 @@ def section_ttft(tmp: Path, quick: bool) -> list[dict[str, Any]]:
             srv.stop()
         base_ttft = ms([t for t, _ in local])
 
-        def per_token_us(runs: list[tuple[float, float]]) -> float:
+        def per_token_us(runs: list[tuple[float, float]], tokens: int = tokens) -> float:
             return round(1e6 * statistics.median(rest for _, rest in runs) / tokens, 2)
 
         base_tok = per_token_us(local)
