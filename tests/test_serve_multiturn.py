@@ -28,7 +28,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
         yield srv
 
 
-def converse(client: Any, fresh_each_turn: bool = False) -> tuple[list[str], list[int]]:
+def converse(client: Any, fresh_each_turn: bool = False, greedy: bool = True
+             ) -> tuple[list[str], list[int]]:
     """Five turns; the answers and the prompt tokens prefilled per turn."""
     messages: list[dict[str, str]] = [SYSTEM]
     answers, prefilled = [], []
@@ -37,7 +38,8 @@ def converse(client: Any, fresh_each_turn: bool = False) -> tuple[list[str], lis
         if fresh_each_turn:  # something else in between: the server must prefill in full
             client.completions.create(model="demo", prompt="unrelated", max_tokens=2)
         # answers end by themselves: one cut by max_tokens is not kept (its end differs)
-        got = client.chat.completions.create(model="demo", messages=messages, temperature=0)
+        got = client.chat.completions.create(model="demo", messages=messages,
+                                             **({"temperature": 0} if greedy else {}))
         assert got.choices[0].finish_reason == "stop"
         answer = got.choices[0].message.content or ""
         messages.append({"role": "assistant", "content": answer})
@@ -100,3 +102,31 @@ def test_a_changed_history_is_prefilled_in_full(server: ServeProcess, tmp_path: 
     client.chat.completions.create(model="demo", messages=edited, max_tokens=8)
     calls = [c["call"] for c in runs_since(server, start)]
     assert calls == ["rkllm_set_chat_template", "rkllm_clear_kv_cache", "rkllm_run"]
+
+
+def test_runtime_1_1_renders_the_whole_conversation_every_turn(tmp_path: Path) -> None:
+    with ServeProcess(["demo", "--runtime", "sim:1.1.0"], tmp_path) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        converse(client, greedy=False)  # per-request sampling needs 1.3.0
+        runs = srv.trace("rkllm_run")
+        assert len(runs) == len(TURNS)
+        prompts = [r["args"]["rkllm_input"]["prompt_input"] for r in runs]
+        for n, prompt in enumerate(prompts):  # every turn so far, through the template
+            assert prompt.startswith("<|im_start|>system\nYou answer briefly.<|im_end|>")
+            assert all(text in prompt for text in TURNS[:n + 1])
+
+
+def test_keep_alive_comments_while_a_long_prompt_is_prefilled(tmp_path: Path) -> None:
+    config = tmp_path / "serve.json"
+    config.write_text('{"sse_keepalive": 0.1}')
+    with ServeProcess(["demo", "--runtime", "sim:1.3.0", "--config", str(config)], tmp_path,
+                      env={"RKLLM_SIM_PREFILL_US": "40000"}) as srv:  # ~1 s of prefill
+        lines = []
+        with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=60, json={
+                "model": "demo", "stream": True, "max_tokens": 2,
+                "messages": [{"role": "user", "content": "Tell me about the river"}]}) as r:
+            lines = [line for line in r.iter_lines() if line]
+        first_content = next(i for i, line in enumerate(lines) if '"content":"' in line
+                             and '"content":""' not in line)
+        assert ": keep-alive" in lines[:first_content]
+        assert lines[-1] == "data: [DONE]"

@@ -9,7 +9,8 @@ The config file (JSON, or TOML on Python 3.11+) names models the way an Ollama M
                       "template": "chatml", "keep_alive": "10m"}
       },
       "allowed_dirs": ["/srv/models"],
-      "max_loaded": 2, "queue_size": 16, "queue_timeout": 600, "keep_alive": "5m"
+      "max_loaded": 2, "queue_size": 16, "queue_timeout": 600, "keep_alive": "5m",
+      "sse_keepalive": 5
     }
 
 ``params`` are load-time parameters (``rkllm.LLM(**params)``); ``options`` are per-request
@@ -86,7 +87,7 @@ def parse_duration(value: Any, what: str = "keep_alive") -> float:
 
 _TOP_KEYS = {"models", "allowed_dirs", "max_loaded", "queue_size", "queue_timeout",
              "keep_alive", "grace", "max_body", "cors_origins", "name", "read_only",
-             "params"}
+             "params", "sse_keepalive"}
 _ALIAS_KEYS = {"model", "system", "options", "params", "template", "keep_alive"}
 
 
@@ -132,6 +133,8 @@ def load_config(path: str, settings: Settings) -> Settings:
     for key in ("queue_timeout", "grace"):
         if key in cfg:
             setattr(settings, key, parse_duration(cfg[key], key))
+    if "sse_keepalive" in cfg:
+        settings.keepalive_interval = parse_duration(cfg["sse_keepalive"], "sse_keepalive")
     if "keep_alive" in cfg:
         settings.keep_alive = parse_duration(cfg["keep_alive"])
     settings.allowed_dirs += [os.path.realpath(os.path.expanduser(d))
