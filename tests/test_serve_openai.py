@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +168,18 @@ def test_async_client_stream_and_not(server: ServeProcess) -> None:
 
     whole, streamed = asyncio.run(main())
     assert whole == streamed and whole
+
+
+def test_special_tokens_never_leak_even_when_the_runtime_spells_them(tmp_path: Path) -> None:
+    config = tmp_path / "serve.json"
+    config.write_text(json.dumps({"models": {"raw": {
+        "model": "demo", "params": {"skip_special_token": False}}}}))
+    with ServeProcess(["--runtime", "sim:1.3.0", "--config", str(config)], tmp_path) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        whole = client.chat.completions.create(model="raw", messages=QUESTION)
+        text = whole.choices[0].message.content or ""
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="raw", messages=QUESTION, stream=True) if c.choices)
+        assert text and streamed == text and "<|" not in text
+        params = [e["args"]["param"] for e in srv.trace("rkllm_init")]
+        assert params[-1]["skip_special_token"] == 0  # the runtime did spell them out
