@@ -99,6 +99,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
+    if settings.verbose:  # a timing line per answer (rkllm.serve.engine)
+        logging.getLogger("rkllm.serve").setLevel(logging.DEBUG)
     server = Server(settings)
     app = create_app(settings, server)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",

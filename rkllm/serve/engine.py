@@ -7,6 +7,7 @@ with tools the text that may be a ``<tool_call>`` is held back until it can be p
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from rkllm.serve.scheduler import Slot
     from rkllm.stream import Perf
 
+log = logging.getLogger("rkllm.serve")
 _SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜]{1,40}｜>")
 TOOL_OPEN = "<tool_call>"
 
@@ -173,6 +175,13 @@ class Answer:
             self.conv.answered(self._request, recorded_answer(
                 self.text or None, self.tool_calls) if natural else None)
         perf = self.perf
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %s, first token %s, %d token(s), prefill %s token(s)%s, %s", self.model,
+                      self.finish_reason, "-" if self.ttft is None else f"{1000 * self.ttft:.1f}ms",
+                      self.completion_tokens, "?" if perf is None else perf.prefill_tokens,
+                      " (conversation kept)" if self.reused else "",
+                      f"{perf.generate_tokens_per_s:.1f} tokens/s"
+                      if perf is not None and perf.generate_tokens_per_s else "")
         if self.first_token_at is not None:
             self.metrics.observe("rkllm_time_to_first_token_seconds",
                                  self.first_token_at - self.started, model=self.model)
