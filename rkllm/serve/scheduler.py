@@ -43,6 +43,7 @@ class Slot:
         self.loaded_at = 0.0
         self.load_seconds = 0.0  # time the current request spent loading the model
         self._timer: asyncio.TimerHandle | None = None
+        self.load_task: asyncio.Future[None] | None = None
         self.conversation: Any = None  # rkllm.serve.conversation.Conversation, per load
 
     @property
@@ -190,14 +191,25 @@ class Scheduler:
                 self._freed.clear()
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._freed.wait(), left)
-            slot.loading = True
-            try:
-                slot.llm = await asyncio.to_thread(self._open, slot.spec)
-            finally:
-                slot.loading = False
-            slot.loaded_at = time.time()
-            slot.conversation = None
-            self.metrics.inc("rkllm_model_loads_total", model=slot.spec.name)
+            if slot.load_task is None:
+                slot.load_task = asyncio.ensure_future(self._open_into(slot))
+                slot.load_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            # a request that gives up while its model loads leaves the load running: the
+            # model is kept (never leaked half-loaded) for the next request
+            await asyncio.shield(slot.load_task)
+
+    async def _open_into(self, slot: Slot) -> None:
+        slot.loading = True
+        try:
+            slot.llm = await asyncio.to_thread(self._open, slot.spec)
+        finally:
+            slot.loading = False
+            slot.load_task = None
+        slot.loaded_at = time.time()
+        slot.conversation = None
+        self.metrics.inc("rkllm_model_loads_total", model=slot.spec.name)
+        if not slot.lock.locked():  # its request went away: idle from now on
+            self._schedule_unload(slot, self.settings.keep_alive)
 
     def _open(self, spec: ModelSpec) -> LLM:
         from rkllm.llm import LLM
