@@ -192,3 +192,37 @@ def test_admin_drain_needs_the_key_and_ends_the_server(tmp_path: Path) -> None:
         ok = httpx.post(srv.url + "/admin/drain", headers={"Authorization": "Bearer k3y"})
         assert ok.status_code == 200 and ok.json()["status"] == "draining"
         assert srv.proc.wait(30) == 0
+
+
+def test_a_client_giving_up_on_a_whole_answer_aborts_it(tmp_path: Path) -> None:
+    env = {**LONG, "RKLLM_SIM_TOKEN_US": "50000"}
+    with ServeProcess(["demo", "--runtime", "sim:1.3.0"], tmp_path, env=env) as srv:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(srv.url + "/v1/chat/completions", timeout=1.0, json={
+                "model": "demo", "messages": ask(1), "max_tokens": 100000})
+        wait_for(lambda: bool(srv.trace("rkllm_abort")), "rkllm_abort in the trace")
+        wait_for(lambda: health(srv)["running"] == 0, "the model to be free")
+
+
+def test_least_recently_used_model_is_evicted_and_idle_ones_unloaded(tmp_path: Path) -> None:
+    config = tmp_path / "serve.json"
+    config.write_text('{"models": {"a": {"model": "demo"}, "b": {"model": "demo"}, '
+                      '"c": {"model": "demo", "keep_alive": 0}}, "max_loaded": 2}')
+    with ServeProcess(["--runtime", "sim:1.3.0", "--config", str(config)], tmp_path) as srv:
+        def loaded() -> list[str]:
+            return sorted(m["name"] for m in httpx.get(srv.url + "/api/ps").json()["models"])
+
+        def chat(model: str) -> None:
+            got = httpx.post(srv.url + "/api/chat", timeout=60, json={
+                "model": model, "stream": False, "messages": ask(0),
+                "options": {"num_predict": 2}})
+            assert got.status_code == 200, got.text
+
+        assert loaded() == ["a", "b"]  # the first max_loaded of the config, at start
+        chat("a")                      # b is now the least recently used
+        chat("c")
+        # b evicted for c, and c (keep_alive 0) unloaded right after its answer
+        wait_for(lambda: loaded() == ["a"], "c to be unloaded")
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'rkllm_model_unloads_total{model="b",reason="evicted"} 1' in metrics
+        assert 'rkllm_model_unloads_total{model="c",reason="keep_alive"} 1' in metrics
