@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 # verb group modules, in the order their verbs appear in --help
-VERB_MODULES = ("run", "chat", "models", "doctor", "sim", "runtime")
+VERB_MODULES = ("run", "chat", "models", "doctor", "sim", "runtime", "serve")
 
 # other names for verbs, as ollama spells them
 ALIASES = {"list": ["ls"], "info": ["show"]}

@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""What `rkllm serve` adds over the in-process API, on the simulated runtime.
+
+    python benchmarks/serve.py [--quick] [--json FILE]
+
+Sections (issue 13):
+  ttft      time to first token and per-token time, in-process (rkllm.aio) vs through the
+            server's streaming OpenAI API, at full rate and at 30 ms/token, 1 and 8 clients
+  turns     prompt tokens prefilled per turn over a 10-turn chat (the runtime's own count)
+  abort     from a client dropping its stream to rkllm_abort (simulator trace), at 30 ms/token
+  rss       the server's resident memory after 100 ... 10,000 requests (--quick: 1,000)
+The server runs as a subprocess (`python -m rkllm.cli serve demo`) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FAMILY = "1.3.0"
+MESSAGES = [{"role": "user", "content": "Tell me about the river and the old stone bridge."}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+CLIENT = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=32))
+
+
+class Server:
+    def __init__(self, tmp: Path, token_us: int, ignore_eos: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.trace = tmp / f"trace-{self.port}.jsonl"
+        env = {**os.environ, "RKLLM_SIM_QUIET": "1", "RKLLM_SIM_IGNORE_EOS": "1",
+               "RKLLM_SIM_TOKEN_US": str(token_us), "RKLLM_SIM_TRACE": str(self.trace)}
+        if not ignore_eos:
+            del env["RKLLM_SIM_IGNORE_EOS"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rkllm.cli", "serve", "demo", "--runtime", f"sim:{FAMILY}",
+             "--port", str(self.port), "--queue-size", "64"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                httpx.get(self.url + "/health", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("rkllm serve did not start")
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def stream_times(url: str, tokens: int) -> tuple[float, float]:
+    """(time to first token, time from it to the last) of one streamed chat answer
+    (the simulator ignores end-of-text here, so it has exactly ``tokens`` tokens)."""
+    body = {"model": "demo", "messages": MESSAGES, "max_tokens": tokens, "stream": True,
+            "temperature": 0}
+    stamps = []
+    started = time.perf_counter()
+    with CLIENT.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line and \
+                    '"content":""' not in line:
+                stamps.append(time.perf_counter())
+    return stamps[0] - started, stamps[-1] - stamps[0]
+
+
+def in_process(token_us: int, tokens: int, reps: int) -> list[tuple[float, float]]:
+    os.environ["RKLLM_SIM_TOKEN_US"] = str(token_us)
+    os.environ["RKLLM_SIM_IGNORE_EOS"] = "1"
+    import rkllm
+
+    out = []
+    with rkllm.LLM(rkllm.sim.demo_model_path(), runtime=f"sim:{FAMILY}", max_context_len=4096,
+                   skip_special_token=True, top_k=1) as llm:
+        async def once() -> tuple[float, float]:
+            stamps = []
+            started = time.perf_counter()
+            async for _ in llm.agenerate(MESSAGES[0]["content"], max_new_tokens=tokens):
+                stamps.append(time.perf_counter())
+            return stamps[0] - started, stamps[-1] - stamps[0]
+
+        for _ in range(reps):
+            out.append(asyncio.run(once()))
+    return out
+
+
+def concurrent(url: str, clients: int, tokens: int) -> list[tuple[float, float]]:
+    results: list[tuple[float, float]] = []
+    threads = [threading.Thread(target=lambda: results.append(stream_times(url, tokens)))
+               for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def ms(values: list[float]) -> float:
+    return round(1000 * statistics.median(values), 3)
+
+
+def section_ttft(tmp: Path, quick: bool) -> list[dict[str, Any]]:
+    rows = []
+    for token_us, tokens in ((0, 2000 if not quick else 500), (30000, 20 if not quick else 8)):
+        reps = 20 if token_us == 0 else 5
+        if quick:
+            reps = max(3, reps // 4)
+        local = in_process(token_us, tokens, reps)
+        srv = Server(tmp, token_us)
+        try:
+            stream_times(srv.url, 4)  # warm-up
+            one = [stream_times(srv.url, tokens) for _ in range(reps)]
+            eight = concurrent(srv.url, 8, tokens)
+        finally:
+            srv.stop()
+        base_ttft = ms([t for t, _ in local])
+
+        def per_token_us(runs: list[tuple[float, float]], tokens: int = tokens) -> float:
+            return round(1e6 * statistics.median(rest for _, rest in runs) / tokens, 2)
+
+        base_tok = per_token_us(local)
+        rows.append({
+            "token_us": token_us, "tokens": tokens,
+            "in_process_ttft_ms": base_ttft, "in_process_per_token_us": base_tok,
+            "server_1_ttft_ms": ms([t for t, _ in one]),
+            "server_1_per_token_us": per_token_us(one),
+            "added_ttft_ms_1_client": round(ms([t for t, _ in one]) - base_ttft, 3),
+            "added_per_token_us_1_client": round(per_token_us(one) - base_tok, 2),
+            "server_8_ttft_ms_p50": ms([t for t, _ in eight]),
+            "added_per_token_us_8_clients": round(per_token_us(eight) - base_tok, 2)})
+    return rows
+
+
+def section_turns(tmp: Path) -> list[int]:
+    """Answers end by themselves (one cut by max_tokens is not kept in the kv cache)."""
+    srv = Server(tmp, 0, ignore_eos=False)
+    try:
+        messages: list[dict[str, str]] = [{"role": "system", "content": "Be brief."}]
+        counts = []
+        for turn in range(10):
+            messages.append({"role": "user", "content": f"Tell me more, part {turn}"})
+            got = CLIENT.post(srv.url + "/v1/chat/completions", json={
+                "model": "demo", "messages": messages}).json()
+            counts.append(got["usage"]["prompt_tokens"])
+            messages.append({"role": "assistant",
+                             "content": got["choices"][0]["message"]["content"]})
+        return counts
+    finally:
+        srv.stop()
+
+
+def section_abort(tmp: Path, reps: int) -> dict[str, float]:
+    srv = Server(tmp, 30000)
+    delays, spent = [], []
+    try:
+        for _ in range(reps):
+            got = 0
+            begun = time.time()
+            with httpx.Client(timeout=60) as own:  # its own connection, closed below
+                with own.stream("POST", srv.url + "/v1/chat/completions", json={
+                        "model": "demo", "messages": MESSAGES, "max_tokens": 100000,
+                        "stream": True}) as r:
+                    for line in r.iter_lines():
+                        if '"content":"' in line and '"content":""' not in line:
+                            got += 1
+                        if got == 5:
+                            break
+                    closed = time.time()
+                    r.close()
+            for _ in range(600):  # the first rkllm_abort of this request
+                aborts = [e["time"] for e in map(json.loads, srv.trace.read_text().splitlines())
+                          if e["call"] == "rkllm_abort" and e["time"] > begun]
+                if aborts:
+                    delays.append(min(aborts) - closed)
+                    break
+                time.sleep(0.005)
+            spent.append(got)
+    finally:
+        srv.stop()
+    return {"abort_after_close_ms_p50": ms(delays), "abort_after_close_ms_max":
+            round(1000 * max(delays), 3), "token_ms": 30.0}
+
+
+def section_rss(tmp: Path, total: int) -> list[dict[str, int]]:
+    srv = Server(tmp, 0)
+    marks = [m for m in (100, 1000, 3000, 10000) if m <= total]
+    rows = []
+    done = 0
+    try:
+        for mark in marks:
+            while done < mark:
+                CLIENT.post(srv.url + "/v1/chat/completions", json={
+                    "model": "demo", "messages": MESSAGES, "max_tokens": 4})
+                done += 1
+            rows.append({"requests": done, "rss_kb": srv.rss_kb()})
+    finally:
+        srv.stop()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smaller run (< 1 min)")
+    parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        report = {"ttft": section_ttft(tmp, args.quick), "turns": section_turns(tmp),
+                  "abort": section_abort(tmp, 3 if args.quick else 10),
+                  "rss": section_rss(tmp, 1000 if args.quick else 10000)}
+    for row in report["ttft"]:
+        print(f"{row['token_us'] / 1000:g} ms/token: TTFT in-process "
+              f"{row['in_process_ttft_ms']} ms, server {row['server_1_ttft_ms']} ms (added "
+              f"{row['added_ttft_ms_1_client']} ms); per token added "
+              f"{row['added_per_token_us_1_client']} µs (1 client), "
+              f"{row['added_per_token_us_8_clients']} µs (8 clients; TTFT p50 "
+              f"{row['server_8_ttft_ms_p50']} ms with the queue)")
+    print("prompt tokens prefilled per turn:", report["turns"])
+    print(f"abort after disconnect: p50 {report['abort']['abort_after_close_ms_p50']} ms, max "
+          f"{report['abort']['abort_after_close_ms_max']} ms (one token = 30 ms)")
+    print("server RSS:", ", ".join(f"{r['rss_kb'] // 1024} MB after {r['requests']}"
+                                   for r in report["rss"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
