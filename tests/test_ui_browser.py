@@ -186,7 +186,8 @@ def test_phone_sized_screen_and_busy_server(browser: Any, server: ServeProcess,
                 "POST", busy.url + "/v1/chat/completions",
                 json={"model": "demo", "stream": True, "max_tokens": 300,
                       "messages": [{"role": "user", "content": "a long story"}]}) as running:
-            for line in running.iter_lines():   # the other answer has its turn: text comes
+            lines = running.iter_lines()        # kept: dropping it would close the stream
+            for line in lines:                  # the other answer has its turn: text comes
                 if '"content":"' in line and '"content":""' not in line:
                     break
             send(page, "Am I served?")

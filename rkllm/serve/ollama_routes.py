@@ -182,7 +182,7 @@ class OllamaRoutes:
     async def show(self, request: Request) -> Response:
         body = await O.read_json(request)
         spec = self.server.registry.resolve(_model_name(body))
-        from rkllm.inspect import inspect_model
+        from rkllm.modelfile import inspect_model
 
         info = await asyncio.to_thread(inspect_model, spec.path)
         facts = {f"rkllm.{k}": v.value for k, v in info.facts.items()
@@ -334,7 +334,8 @@ class OllamaRoutes:
         self._writable()
         body = await O.read_json(request)
         name = _model_name(body)
-        from rkllm.models import parse_ref, remove
+        from rkllm.hub import parse_ref
+        from rkllm.model_cache import remove
 
         if not isinstance(name, str) or parse_ref(name.removesuffix(":latest")) is None:
             raise APIError(400, f"model {name!r}: only models in the Hugging Face cache "

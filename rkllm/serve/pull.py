@@ -1,6 +1,6 @@
-"""``/api/pull``: a Hugging Face download through rkllm.models, with Ollama's progress lines.
+"""``/api/pull``: a Hugging Face download through rkllm.hub, with Ollama's progress lines.
 
-The download runs in a worker thread (``rkllm.models.pull``: local first, checksum verified);
+The download runs in a worker thread (``rkllm.hub.pull``: local first, checksum verified);
 meanwhile the size of the partial file in the hub cache is reported every quarter second as
 ``{"status": "downloading ...", "digest", "total", "completed"}``, then ``verifying`` and
 ``success``, as Ollama streams a pull.
@@ -23,14 +23,14 @@ POLL_SECONDS = 0.25
 
 
 def _partial_bytes(repo: str) -> int:
-    from rkllm.models import cache_dir
+    from rkllm.hub import cache_dir
 
     blobs = cache_dir() / ("models--" + repo.replace("/", "--")) / "blobs"
     return sum(p.stat().st_size for p in blobs.glob("*.incomplete")) if blobs.is_dir() else 0
 
 
 def pull_work(server: Server, name: Any, stream: bool) -> Callable[[Out], Awaitable[None]]:
-    from rkllm.models import parse_ref
+    from rkllm.hub import parse_ref
 
     ref = parse_ref(name.removesuffix(":latest")) if isinstance(name, str) else None
     if ref is None:
@@ -38,7 +38,7 @@ def pull_work(server: Server, name: Any, stream: bool) -> Callable[[Out], Awaita
                             f"owner/name or owner/name:FILE.rkllm", code="invalid_value")
 
     async def work(out: Out) -> None:
-        from rkllm.models import pull
+        from rkllm.hub import pull
 
         if stream:
             await out.start(NDJSON)

@@ -51,7 +51,7 @@ class Registry:
     def resolve_startup(self) -> list[ModelSpec]:
         """Resolves the command line's models and the aliases (may download: they come from
         the operator, not from a request)."""
-        from rkllm.models import resolve_model
+        from rkllm.hub import resolve_model
 
         params = self.settings.default_params
         for ref in self.settings.models:
@@ -80,7 +80,7 @@ class Registry:
         if spec is not None:
             return spec
         if key == "demo":
-            from rkllm.models import demo_model_path
+            from rkllm.hub import demo_model_path
 
             return ModelSpec("demo", demo_model_path(), dict(self.settings.default_params))
         path = self._request_path(key) or self._cached(key)
@@ -105,7 +105,7 @@ class Registry:
                        code="model_path_refused")
 
     def _cached(self, ref: str) -> str | None:
-        from rkllm.models import cache_dir, cached_model_files, parse_ref
+        from rkllm.hub import cache_dir, cached_model_files, parse_ref
 
         parsed = parse_ref(ref)
         if parsed is None:
@@ -129,7 +129,7 @@ class Registry:
         """Every name a client may use: served models, aliases, then cached hub models."""
         out = {s.name: s for s in self._served.values()}
         try:
-            from rkllm.models import list_cached
+            from rkllm.model_cache import list_cached
 
             for m in list_cached():
                 out.setdefault(m.ref, ModelSpec(m.ref, m.path, dict(self.settings.default_params)))

@@ -60,7 +60,7 @@ def _runtime_for(spec: ModelSpec, settings: Settings) -> str | None:
     usual search with the simulator as the fallback of a machine without a runtime."""
     import rkllm
     from rkllm.errors import RuntimeNotFoundError
-    from rkllm.models import demo_model_path
+    from rkllm.hub import demo_model_path
 
     if settings.runtime:
         return settings.runtime
@@ -84,7 +84,7 @@ def _context_len(path: str) -> int:
     """A conversation needs room: DEFAULT_CONTEXT tokens, or the model's own limit when it is
     smaller (the runtime's default, 512, is too short for a chat; a model's "params" in the
     config set it explicitly)."""
-    from rkllm.inspect import inspect_model
+    from rkllm.modelfile import inspect_model
 
     try:
         limit = inspect_model(path).facts.get("max_context_len")
