@@ -79,8 +79,6 @@ def test_each_turn_sends_and_prefills_only_the_new_message(server: ServeProcess)
     assert saved(server) - before > sum(prefilled[1:])
 
 
-@pytest.mark.xfail(strict=False, reason="needs the simulator whose next token depends only on "
-                   "the tokens in its context (being changed in the simulator)")
 def test_answers_equal_a_full_re_prefill(server: ServeProcess) -> None:
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
     kept, _ = converse(client)

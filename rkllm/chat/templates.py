@@ -18,7 +18,13 @@ __all__ = ["TEMPLATES", "ChatTemplate", "detect_template", "resolve_template"]
 class ChatTemplate:
     """How a model's conversation is written out: a system block
     (``system_prefix + text + system_postfix``; ``default_system`` when none is given), a user
-    turn (``prefix + text + postfix``), and the end of an answer (``turn_end``)."""
+    turn (``prefix + text + postfix``), and the end of an answer (``turn_end``).
+
+    ``turn_end`` is what the runtime keeps in its kv cache after an answer: the end-of-turn
+    token it generated, without the newline a template writes after it. So a conversation
+    rendered in full prefills exactly what ``keep_history`` turns kept, and both give the same
+    next answer (the simulator does this; the real runtime's kv cache cannot be read, so this is
+    the one consistent choice)."""
 
     system_prefix: str
     system_postfix: str
@@ -50,7 +56,7 @@ class ChatTemplate:
 #: Well-known templates, by the style name rkllm.modelfile reports for real model files.
 TEMPLATES: dict[str, ChatTemplate] = {
     "chatml": ChatTemplate("<|im_start|>system\n", "<|im_end|>\n", "<|im_start|>user\n",
-                           "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n",
+                           "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>",
                            "You are a helpful assistant.", "chatml"),
     "llama3": ChatTemplate("<|start_header_id|>system<|end_header_id|>\n\n", "<|eot_id|>",
                            "<|start_header_id|>user<|end_header_id|>\n\n",
@@ -75,7 +81,7 @@ def _from_parts(system_prompt: str, prefix: str, postfix: str) -> ChatTemplate:
     # own closing text ends (the part before the prefix's opening marker, if it has one)
     opening = prefix.split("user")[0] if "user" in prefix else ""
     cut = postfix.find(opening) if opening else -1
-    return ChatTemplate("", "", prefix, postfix, postfix[:cut] if cut > 0 else "",
+    return ChatTemplate("", "", prefix, postfix, postfix[:cut].rstrip() if cut > 0 else "",
                         system_prompt, "model")
 
 
