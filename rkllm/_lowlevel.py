@@ -11,7 +11,8 @@ from __future__ import annotations
 import array
 import os
 import threading
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from rkllm._native import ffi, lib
@@ -21,6 +22,7 @@ from rkllm.errors import (
     GenerationError,
     ModelLoadError,
     ParamError,
+    ParamTypeError,
     RKLLMError,
     RuntimeNotFoundError,
     UnsupportedRuntimeError,
@@ -66,12 +68,19 @@ def _text(ptr: Any) -> str:
     return "" if ptr == ffi.NULL else bytes(ffi.string(ptr)).decode("utf-8", "replace")
 
 
+# What to try when no runtime is found: the message comes from the shim's loader.
+NOT_FOUND_HINT = ('; to try rkllm without a board, use the simulated runtime: '
+                  'rkllm.LLM(model, runtime="sim") (or RKLLM_LIBRARY=sim)')
+
+
 def raise_last(rc: int) -> NoReturn:
     """Raises the calling thread's last shim error as the exception class for ``rc``."""
     message = _text(lib.rkshim_last_error()) or f"shim error {rc}"
     runtime_rc = lib.rkshim_last_runtime_rc()
     runtime_message = _text(lib.rkshim_last_runtime_message()) or None
     cls = _ERRORS.get(rc, RKLLMError)
+    if cls is RuntimeNotFoundError:
+        message += NOT_FOUND_HINT
     raise cls(message, code=runtime_rc or None, runtime_message=runtime_message)
 
 
@@ -82,27 +91,48 @@ def check(rc: int) -> int:
     return rc
 
 
-def _cstr(value: str | os.PathLike[str] | None, keep: list[Any]) -> Any:
+def c_text(value: str | bytes | os.PathLike[str], what: str) -> bytes:
+    """The one rule for every string handed to C: UTF-8 (a path: ``os.fspath`` first), no
+    NUL (C would silently cut the text there), no lone surrogate (not text; a path that is
+    not UTF-8 is given as bytes). Raises ParamError naming ``what``."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ParamError(f"{what} contains a lone surrogate U+{ord(value[exc.start]):04X} "
+                             f"at index {exc.start} (not text)") from None
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        raise ParamTypeError(f"{what} must be a str, got {type(value).__name__}")
+    if b"\0" in data:
+        index = data.decode("utf-8", "replace").index("\0")
+        raise ParamError(f"{what} contains a NUL character at index {index}")
+    return data
+
+
+def _cstr(value: str | bytes | os.PathLike[str] | None, keep: list[Any], what: str) -> Any:
     if value is None:
         return ffi.NULL
-    buf = ffi.new("char[]", os.fsencode(value))
+    buf = ffi.new("char[]", c_text(value, what))
     keep.append(buf)
     return buf
 
 
+def _is_text(ctype: Any) -> bool:
+    return bool(ctype.kind == "pointer" and ctype.item.cname == "char")
+
+
 # ---- runtimes --------------------------------------------------------------------------------
 
-PARAM_FIELDS = (
-    "max_context_len", "max_new_tokens", "top_k", "n_keep", "top_p", "temperature",
-    "repeat_penalty", "frequency_penalty", "presence_penalty", "mirostat", "mirostat_tau",
-    "mirostat_eta", "skip_special_token", "ignore_eos_token", "base_domain_id", "embed_flash",
-    "enabled_cpus_num", "enabled_cpus_mask", "n_batch", "use_cross_attn",
-)
-PARAM_STR_FIELDS = ("img_start", "img_end", "img_content")
-SAMPLING_FIELDS = (
-    "top_k", "top_p", "temperature", "repeat_penalty", "frequency_penalty", "presence_penalty",
-    "mirostat", "mirostat_tau", "mirostat_eta",
-)
+# Field names come from the compiled interface (csrc/shim/rkshim_api.h), not from lists here.
+PARAM_FIELDS = tuple(n for n, f in ffi.typeof("rkshim_param").fields if not _is_text(f.type))
+PARAM_STR_FIELDS = tuple(n for n, f in ffi.typeof("rkshim_param").fields if _is_text(f.type))
+SAMPLING_FIELDS = tuple(n for n, _ in ffi.typeof("rkshim_sampling").fields)
+RUN_FIELDS = tuple(n for n, _ in ffi.typeof("rkshim_run_args").fields)
+OUTCOME_FIELDS = tuple(n for n, _ in ffi.typeof("rkshim_outcome").fields)
 
 
 class Runtime:
@@ -120,9 +150,6 @@ class Runtime:
     @property
     def is_simulator(self) -> bool:
         return self.simulator_info is not None
-
-    def has_symbol(self, name: str) -> bool:
-        return bool(lib.rkshim_runtime_has_symbol(self._ptr, name.encode()))
 
     def default_params(self) -> dict[str, Any]:
         """The runtime's own ``rkllm_createDefaultParam``, in neutral form."""
@@ -152,52 +179,93 @@ def open_runtime(path: str | None = None, *, path_source: str | None = None,
         if runtime is None:
             keep: list[Any] = []
             out = ffi.new("rkshim_runtime **")
-            check(lib.rkshim_runtime_open(_cstr(path, keep), _cstr(path_source, keep),
-                                          _cstr(PACKAGE_DIR, keep), _cstr(abi or None, keep),
-                                          out))
+            check(lib.rkshim_runtime_open(_cstr(path, keep, "runtime"),
+                                          _cstr(path_source, keep, "runtime"),
+                                          _cstr(PACKAGE_DIR, keep, "the package directory"),
+                                          _cstr(abi or None, keep, "abi"), out))
             runtime = _runtimes[key] = Runtime(out[0])
         return runtime
 
 
 # ---- models ----------------------------------------------------------------------------------
 
-def _float_buffer(data: Any, keep: list[Any]) -> tuple[Any, int]:
-    """A float32 buffer for C from a buffer-protocol object or a sequence of numbers."""
-    if isinstance(data, (array.array, memoryview, bytes, bytearray)) or hasattr(data, "__array__"):
+# How each rkshim_run_args field is filled from a run request (an object with attributes of
+# the same names, e.g. rkllm.request.RunRequest): text, a counted array, the per-run sampling
+# struct, or a number. The counts are set with their arrays, never taken from the request.
+_COUNTS = {"token_ids": "n_token_ids", "embed": "n_embed_floats",
+           "image_embed": "n_image_floats"}
+_DERIVED = frozenset(_COUNTS.values()) | {"has_sampling"}
+
+
+def _run_field_kind(ctype: Any) -> str:
+    if _is_text(ctype):
+        return "text"
+    if ctype.kind == "pointer":
+        return "ints" if ctype.item.cname == "int32_t" else "floats"
+    return "struct" if ctype.kind == "struct" else "number"
+
+
+_RUN_PLAN = tuple((n, _run_field_kind(f.type)) for n, f in ffi.typeof("rkshim_run_args").fields
+                  if n not in _DERIVED)
+
+
+def _run_args(request: Any, keep: list[Any]) -> Any:
+    a = ffi.new("rkshim_run_args *")
+    keep.append(a)
+    for name, kind in _RUN_PLAN:
+        value = getattr(request, name, None)
+        if value is None:
+            continue
         try:
-            buf = ffi.from_buffer("float[]", data)
-        except TypeError as exc:
-            raise ParamError(f"expected float32 data: {exc}") from None
-        if isinstance(data, array.array) and data.typecode != "f":
-            raise ParamError(f"expected array('f'), got array({data.typecode!r})")
-    else:
-        buf = ffi.new("float[]", [float(x) for x in data])
-    keep.append(buf)
-    return buf, len(buf)
+            if kind == "text":
+                setattr(a, name, _cstr(value, keep, name))
+            elif kind == "number":
+                setattr(a, name, value)
+            elif kind == "struct":  # the per-run sampling overrides
+                a.has_sampling = 1
+                for field in SAMPLING_FIELDS:
+                    setattr(a.sampling, field, value[field])
+            else:
+                buf = (ffi.new("int32_t[]", list(value)) if kind == "ints"
+                       else ffi.from_buffer("float[]", value))
+                keep.append(buf)
+                setattr(a, name, buf)
+                setattr(a, _COUNTS[name], len(buf))
+        except (OverflowError, TypeError) as exc:  # the request builder checks these first
+            raise ParamError(f"{name}: {exc}") from None
+    return a
 
 
 def _outcome(o: Any) -> dict[str, Any]:
-    return {name: getattr(o, name) for name in (
-        "status", "runtime_rc", "n_tokens", "perf_source", "prefill_ms", "prefill_tokens",
-        "generate_ms", "generate_tokens", "memory_mb")}
+    return {name: getattr(o, name) for name in OUTCOME_FIELDS}
 
 
 class Model:
-    """One loaded model. Methods map 1:1 to the shim's ``rkshim_model_*`` functions."""
+    """One loaded model. Methods map 1:1 to the shim's ``rkshim_model_*`` functions.
 
-    def __init__(self, runtime: Runtime, model_path: str, params: Mapping[str, Any]) -> None:
+    Ownership of a generation session: :meth:`start` records its owner (an object with an
+    ``ended`` attribute, e.g. rkllm.stream's run state; held weakly). A session whose owner
+    has gone or has ``ended`` set is stale: an interrupt (Ctrl-C) landed after the owner let
+    go but before the shim heard of it. The next call that finds the model busy ends such a
+    session first, so no interrupt can leave the model busy for good.
+    """
+
+    def __init__(self, runtime: Runtime, model_path: str | os.PathLike[str],
+                 params: Mapping[str, Any]) -> None:
         self.runtime = runtime
         keep: list[Any] = []
         p = ffi.new("rkshim_param *")
         for name in PARAM_FIELDS:
             setattr(p, name, params[name])
         for name in PARAM_STR_FIELDS:
-            setattr(p, name, _cstr(params.get(name), keep))
+            setattr(p, name, _cstr(params.get(name), keep, name))
         out = ffi.new("rkshim_model **")
-        check(lib.rkshim_model_open(runtime._ptr, _cstr(model_path, keep), p, out))
+        check(lib.rkshim_model_open(runtime._ptr, _cstr(model_path, keep, "model"), p, out))
         self._ptr: Any = ffi.gc(out[0], lib.rkshim_model_free)
         self._batch = ffi.new("rkshim_batch *")
         self._closed = False
+        self._lock = threading.RLock()  # start() and owner registration, as one step
+        self._owner: Callable[[], Any] = _no_owner
 
     # lifetime
     @property
@@ -213,47 +281,26 @@ class Model:
             raise ClosedError("the model is closed")
         return self._ptr
 
+    def _busy_call(self, call: Callable[[], int]) -> int:
+        """``call()``; if the model is busy with a stale session, end that and call again."""
+        rc: int = call()
+        if rc == lib.RKSHIM_E_BUSY:
+            with self._lock:  # not while a start() is between the shim and its owner
+                owner = self._owner()
+                if owner is None or owner.ended:
+                    lib.rkshim_model_end(self._ptr, 60000, ffi.NULL)
+            rc = call()
+        return check(rc)
+
     # generation
-    def start(self, *, input_type: int, prompt: str | None = None, role: str | None = None,
-              enable_thinking: bool = False, token_ids: Sequence[int] | None = None,
-              embed: Any = None, n_embed_tokens: int = 0, image_embed: Any = None,
-              n_image_tokens: int = 0, n_image: int = 0, image_width: int = 0,
-              image_height: int = 0, image_start: str | None = None,
-              image_end: str | None = None, image_content: str | None = None,
-              mode: int = 0, lora_adapter_name: str | None = None,
-              save_prompt_cache_path: str | None = None, keep_history: bool = False,
-              max_new_tokens: int = -1, sampling: Mapping[str, Any] | None = None) -> None:
+    def start(self, request: Any, owner: Any) -> None:
+        """Starts a run of ``request`` (see :data:`RUN_FIELDS`) owned by ``owner``."""
         ptr = self._live()
         keep: list[Any] = []
-        a = ffi.new("rkshim_run_args *")
-        a.input_type = input_type
-        a.role = _cstr(role, keep)
-        a.enable_thinking = int(enable_thinking)
-        a.prompt = _cstr(prompt, keep)
-        if token_ids is not None:
-            ids = ffi.new("int32_t[]", list(token_ids))
-            keep.append(ids)
-            a.token_ids, a.n_token_ids = ids, len(ids)
-        if embed is not None:
-            a.embed, a.n_embed_floats = _float_buffer(embed, keep)
-            a.n_embed_tokens = n_embed_tokens
-        if image_embed is not None:
-            a.image_embed, a.n_image_floats = _float_buffer(image_embed, keep)
-            a.n_image_tokens, a.n_image = n_image_tokens, n_image
-            a.image_width, a.image_height = image_width, image_height
-        a.image_start = _cstr(image_start, keep)
-        a.image_end = _cstr(image_end, keep)
-        a.image_content = _cstr(image_content, keep)
-        a.mode = mode
-        a.lora_adapter_name = _cstr(lora_adapter_name, keep)
-        a.save_prompt_cache_path = _cstr(save_prompt_cache_path, keep)
-        a.keep_history = int(keep_history)
-        a.max_new_tokens = max_new_tokens
-        if sampling is not None:
-            a.has_sampling = 1
-            for name in SAMPLING_FIELDS:
-                setattr(a.sampling, name, sampling[name])
-        check(lib.rkshim_model_start(ptr, a))
+        args = _run_args(request, keep)
+        with self._lock:
+            self._busy_call(lambda: lib.rkshim_model_start(ptr, args))
+            self._owner = weakref.ref(owner)
 
     def pull(self, timeout_ms: int) -> tuple[str, list[int], bool]:
         """Waits up to ``timeout_ms`` for a batch: (text, per-token end offsets into text,
@@ -277,17 +324,17 @@ class Model:
     def abort(self) -> None:
         check(lib.rkshim_model_abort(self._ptr))
 
-    def end(self, timeout_ms: int = 60000) -> dict[str, Any] | None:
-        """Ends the generation session (aborting a run still going) and returns how the run
-        ended, or None if the session had already ended (e.g. by close)."""
+    def end(self, owner: Any, timeout_ms: int = 60000) -> dict[str, Any] | None:
+        """Ends ``owner``'s generation session (aborting a run still going) and returns how
+        the run ended; None if the session had already ended (e.g. by close) or is not
+        ``owner``'s (its start failed, or another run has started since)."""
         o = ffi.new("rkshim_outcome *")
-        check(lib.rkshim_model_end(self._ptr, timeout_ms, o))
+        with self._lock:  # a start() in another thread waits: it would find us busy
+            if self._owner() is not owner:
+                return None
+            check(lib.rkshim_model_end(self._ptr, timeout_ms, o))
+            self._owner = _no_owner
         return _outcome(o) if o.status else None
-
-    def outcome(self) -> dict[str, Any]:
-        o = ffi.new("rkshim_outcome *")
-        check(lib.rkshim_model_outcome(self._ptr, o))
-        return _outcome(o)
 
     def array(self, kind: int) -> tuple[array.array[float], int, int] | None:
         data = ffi.new("float **")
@@ -309,36 +356,49 @@ class Model:
     # the runtime's other functions
     def clear_kv_cache(self, keep_system_prompt: bool, start_pos: Sequence[int] | None,
                        end_pos: Sequence[int] | None) -> None:
-        start = ffi.NULL if start_pos is None else ffi.new("int[]", list(start_pos))
-        end = ffi.NULL if end_pos is None else ffi.new("int[]", list(end_pos))
-        check(lib.rkshim_model_clear_kv_cache(self._live(), int(keep_system_prompt), start, end))
+        ptr = self._live()
+        try:
+            start = ffi.NULL if start_pos is None else ffi.new("int[]", list(start_pos))
+            end = ffi.NULL if end_pos is None else ffi.new("int[]", list(end_pos))
+        except (OverflowError, TypeError) as exc:
+            raise ParamError(f"clear_kv_cache positions: {exc}") from None
+        keep = int(keep_system_prompt)
+        self._busy_call(lambda: lib.rkshim_model_clear_kv_cache(ptr, keep, start, end))
 
     def kv_cache_size(self, n_batch: int) -> list[int]:
+        ptr = self._live()
         sizes = ffi.new("int[]", 128)
-        check(lib.rkshim_model_kv_cache_size(self._live(), sizes, 128))
+        self._busy_call(lambda: lib.rkshim_model_kv_cache_size(ptr, sizes, 128))
         return list(sizes[0:max(1, n_batch)])
 
     def set_chat_template(self, system_prompt: str | None, prefix: str | None,
                           postfix: str | None) -> None:
-        keep: list[Any] = []
-        check(lib.rkshim_model_set_chat_template(
-            self._live(), _cstr(system_prompt, keep), _cstr(prefix, keep), _cstr(postfix, keep)))
+        ptr, keep = self._live(), list[Any]()
+        s, a, b = (_cstr(system_prompt, keep, "system_prompt"),
+                   _cstr(prefix, keep, "prompt_prefix"), _cstr(postfix, keep, "prompt_postfix"))
+        self._busy_call(lambda: lib.rkshim_model_set_chat_template(ptr, s, a, b))
 
     def set_function_tools(self, system_prompt: str | None, tools: str | None,
                            tool_response_str: str | None) -> None:
-        keep: list[Any] = []
-        check(lib.rkshim_model_set_function_tools(
-            self._live(), _cstr(system_prompt, keep), _cstr(tools, keep),
-            _cstr(tool_response_str, keep)))
+        ptr, keep = self._live(), list[Any]()
+        s, t, r = (_cstr(system_prompt, keep, "system_prompt"), _cstr(tools, keep, "tools"),
+                   _cstr(tool_response_str, keep, "tool_response_str"))
+        self._busy_call(lambda: lib.rkshim_model_set_function_tools(ptr, s, t, r))
 
     def load_lora(self, path: str, name: str, scale: float) -> None:
-        keep: list[Any] = []
-        check(lib.rkshim_model_load_lora(self._live(), _cstr(path, keep), _cstr(name, keep),
-                                         scale))
+        ptr, keep = self._live(), list[Any]()
+        p, n = _cstr(path, keep, "path"), _cstr(name, keep, "name")
+        self._busy_call(lambda: lib.rkshim_model_load_lora(ptr, p, n, scale))
 
     def load_prompt_cache(self, path: str) -> None:
-        keep: list[Any] = []
-        check(lib.rkshim_model_load_prompt_cache(self._live(), _cstr(path, keep)))
+        ptr, keep = self._live(), list[Any]()
+        p = _cstr(path, keep, "path")
+        self._busy_call(lambda: lib.rkshim_model_load_prompt_cache(ptr, p))
 
     def release_prompt_cache(self) -> None:
-        check(lib.rkshim_model_release_prompt_cache(self._live()))
+        ptr = self._live()
+        self._busy_call(lambda: lib.rkshim_model_release_prompt_cache(ptr))
+
+
+def _no_owner() -> None:
+    return None

@@ -18,22 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections import deque
 from typing import Any
 
-from rkllm import _lowlevel as ll
 from rkllm.core import CoreLLM as LLM
-from rkllm.stream import INTERRUPT_WAIT_MS, Perf, Result, Stream
+from rkllm.stream import Perf, Result, Stream
 
 __all__ = ["AsyncStream", "acomplete", "agenerate"]
 
 
-def _end_quickly(stream: Stream) -> None:
-    """Aborts the run, waiting at most INTERRUPT_WAIT_MS: the event loop must not stall on
-    a runtime that is slow to stop (the model's next call waits for it instead)."""
-    run = stream._run
-    stream.abort()
-    run.end(INTERRUPT_WAIT_MS)
+def _on_readable(ref: weakref.ReferenceType[AsyncStream], loop: asyncio.AbstractEventLoop,
+                 fd: int) -> None:
+    """The loop's reader callback. It holds its stream weakly: a registered reader must not
+    keep an abandoned stream (``break`` out of ``async for``) alive, or its run never ends."""
+    stream = ref()
+    if stream is None:
+        loop.remove_reader(fd)
+    else:
+        stream._on_readable()
 
 
 class AsyncStream:
@@ -76,7 +79,7 @@ class AsyncStream:
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiter = waiter
         if not self._armed:
-            loop.add_reader(self._fd, self._on_readable)
+            loop.add_reader(self._fd, _on_readable, weakref.ref(self), loop, self._fd)
             self._armed = True
         try:
             await waiter
@@ -116,7 +119,9 @@ class AsyncStream:
         if self._ended:
             return
         self._finish()
-        _end_quickly(self._stream)
+        # the event loop must not stall on a runtime slow to stop: the model's next call
+        # waits for it instead
+        self._stream.cancel()
 
     async def aclose(self) -> None:
         """Stops the run (if still going); the model is ready for the next one."""
@@ -166,12 +171,7 @@ def agenerate(llm: LLM, prompt: str | None = None, *, chunked: bool = False,
 async def acomplete(llm: LLM, prompt: str | None = None, **options: Any) -> Result:
     """Runs to the end without blocking the loop; returns what :meth:`rkllm.LLM.complete`
     returns (text, finish reason, token ids, perf)."""
-    stream = llm._start(prompt, mode=ll.MODE_GENERATE, chunked=True, collect=True, **options)
-    astream = AsyncStream(stream)
-    async for _ in astream:
+    stream = llm.start(llm.make_request(prompt, **options), chunked=True, collect=True)
+    async for _ in AsyncStream(stream):
         pass
-    run = stream._run
-    perf = stream.perf
-    assert perf is not None and stream.finish_reason is not None
-    return Result("".join(run.parts), stream.finish_reason, [i for i in run.ids if i >= 0],
-                  perf)
+    return stream.result()
