@@ -235,8 +235,12 @@ class CoreLLM:
                 raise ParamError(f"{what}: need {n} positions (one per batch slot), "
                                  f"got {len(v)}")
             return [check_int(x, f"{what}[{i}]", 0) for i, x in enumerate(v)]
-        self._live().clear_kv_cache(keep_system_prompt, slots(start_pos, "start_pos"),
-                                    slots(end_pos, "end_pos"))
+        starts, ends = slots(start_pos, "start_pos"), slots(end_pos, "end_pos")
+        if (starts is None) != (ends is None):
+            raise ParamError("give both start_pos and end_pos, or neither")
+        if starts is not None and ends is not None and any(map(int.__gt__, starts, ends)):
+            raise ParamError(f"start_pos {starts} must not be after end_pos {ends}")
+        self._live().clear_kv_cache(keep_system_prompt, starts, ends)
 
     def kv_cache_size(self) -> list[int]:
         """Tokens held in the kv cache, one number per batch slot (1.2.1+)."""

@@ -25,7 +25,7 @@ INT32_MAX = P.INT32_MAX
 # The options a run takes besides its input, for "did you mean" hints.
 _PER_RUN = ("max_new_tokens", "keep_history", "role", "enable_thinking", "lora",
             "save_prompt_cache")
-RUN_OPTIONS = (*_PER_RUN, "chunked", "tokens", "embeddings", "n_embed_tokens",
+RUN_OPTIONS = (*_PER_RUN, "tokens", "embeddings", "n_embed_tokens",
                "image_embeddings", "n_image_tokens", "n_images", "image_size", "image_markers")
 
 _FLOAT32_FORMATS = ("f", "=f", "@f", "<f" if sys.byteorder == "little" else ">f")
