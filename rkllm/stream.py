@@ -165,21 +165,11 @@ class _Run:
             with contextlib.suppress(Exception):
                 self.end(INTERRUPT_WAIT_MS)
 
-    def take(self, text: str, ends: list[int], chunked: bool) -> list[str]:
-        """One batch -> its pieces (one per token that completed a character, or the whole
-        batch when chunked); keeps text and ids when collecting."""
+    def keep(self, text: str) -> None:
+        """Keeps a batch's text and token ids when collecting (for Stream.result)."""
         if self.collect:
             self.parts.append(text)
             self.ids.extend(self.model.pull_ids())
-        if chunked:
-            return [text] if text else []
-        pieces = []
-        prev = 0
-        for end in ends:
-            if end != prev:
-                pieces.append(text[prev:end])
-                prev = end
-        return pieces
 
     def finish(self) -> None:
         """After the last batch: keep the arrays, end the session, report a failed run."""
@@ -208,14 +198,28 @@ class _Run:
         return "error"
 
 
+def split(text: str, ends: list[int]) -> Iterator[str]:
+    """A batch's pieces: one per token that completed a character (``ends`` are code-point
+    offsets; equal neighbours mean a token that completed none)."""
+    prev = 0
+    for end in ends:
+        if end != prev:
+            yield text[prev:end]
+            prev = end
+
+
 def _pieces(run: _Run, chunked: bool) -> Iterator[str]:
     pull = run.model.pull
-    take = run.take
+    keep = run.keep
     try:
         while True:
             text, ends, done = pull(POLL_MS)
             if ends:
-                yield from take(text, ends, chunked)
+                keep(text)
+                if not chunked:
+                    yield from split(text, ends)
+                elif text:
+                    yield text
             if done:
                 break
         run.finish()
@@ -347,7 +351,10 @@ class Stream:
             return None
         try:
             text, ends, done = run.model.pull(0)
-            pieces = run.take(text, ends, self._chunked) if ends else []
+            pieces: list[str] = []
+            if ends:
+                run.keep(text)
+                pieces = [text] if self._chunked else list(split(text, ends))
             if done:
                 run.finish()
         except KeyboardInterrupt:
