@@ -236,8 +236,15 @@ def _run_args(request: Any, keep: list[Any]) -> Any:
     return a
 
 
+# Text fields of rkshim_outcome (e.g. the runtime's reason for a failed run, where the shim
+# has one) come out as str.
+_OUTCOME_TEXT = frozenset(n for n, f in ffi.typeof("rkshim_outcome").fields
+                          if f.type.kind in ("array", "pointer") and f.type.item.cname == "char")
+
+
 def _outcome(o: Any) -> dict[str, Any]:
-    return {name: getattr(o, name) for name in OUTCOME_FIELDS}
+    return {name: _text(getattr(o, name)) if name in _OUTCOME_TEXT else getattr(o, name)
+            for name in OUTCOME_FIELDS}
 
 
 class Model:
@@ -354,50 +361,44 @@ class Model:
         return bool(lib.rkshim_model_is_running(self._ptr))
 
     # the runtime's other functions
+    def _op(self, fn: Callable[..., int], *args: Any, **texts: str | None) -> int:
+        """``fn(model, *texts, *args)``, the texts as C strings (their names for errors)."""
+        ptr, keep = self._live(), list[Any]()
+        cargs = (*(_cstr(v, keep, k) for k, v in texts.items()), *args)
+        return self._busy_call(lambda: fn(ptr, *cargs))
+
     def clear_kv_cache(self, keep_system_prompt: bool, start_pos: Sequence[int] | None,
                        end_pos: Sequence[int] | None) -> None:
-        ptr = self._live()
         try:
             start = ffi.NULL if start_pos is None else ffi.new("int[]", list(start_pos))
             end = ffi.NULL if end_pos is None else ffi.new("int[]", list(end_pos))
         except (OverflowError, TypeError) as exc:
             raise ParamError(f"clear_kv_cache positions: {exc}") from None
-        keep = int(keep_system_prompt)
-        self._busy_call(lambda: lib.rkshim_model_clear_kv_cache(ptr, keep, start, end))
+        self._op(lib.rkshim_model_clear_kv_cache, int(keep_system_prompt), start, end)
 
     def kv_cache_size(self, n_batch: int) -> list[int]:
-        ptr = self._live()
         sizes = ffi.new("int[]", 128)
-        self._busy_call(lambda: lib.rkshim_model_kv_cache_size(ptr, sizes, 128))
+        self._op(lib.rkshim_model_kv_cache_size, sizes, 128)
         return list(sizes[0:max(1, n_batch)])
 
     def set_chat_template(self, system_prompt: str | None, prefix: str | None,
                           postfix: str | None) -> None:
-        ptr, keep = self._live(), list[Any]()
-        s, a, b = (_cstr(system_prompt, keep, "system_prompt"),
-                   _cstr(prefix, keep, "prompt_prefix"), _cstr(postfix, keep, "prompt_postfix"))
-        self._busy_call(lambda: lib.rkshim_model_set_chat_template(ptr, s, a, b))
+        self._op(lib.rkshim_model_set_chat_template, system_prompt=system_prompt,
+                 prompt_prefix=prefix, prompt_postfix=postfix)
 
     def set_function_tools(self, system_prompt: str | None, tools: str | None,
                            tool_response_str: str | None) -> None:
-        ptr, keep = self._live(), list[Any]()
-        s, t, r = (_cstr(system_prompt, keep, "system_prompt"), _cstr(tools, keep, "tools"),
-                   _cstr(tool_response_str, keep, "tool_response_str"))
-        self._busy_call(lambda: lib.rkshim_model_set_function_tools(ptr, s, t, r))
+        self._op(lib.rkshim_model_set_function_tools, system_prompt=system_prompt,
+                 tools=tools, tool_response_str=tool_response_str)
 
     def load_lora(self, path: str, name: str, scale: float) -> None:
-        ptr, keep = self._live(), list[Any]()
-        p, n = _cstr(path, keep, "path"), _cstr(name, keep, "name")
-        self._busy_call(lambda: lib.rkshim_model_load_lora(ptr, p, n, scale))
+        self._op(lib.rkshim_model_load_lora, scale, path=path, name=name)
 
     def load_prompt_cache(self, path: str) -> None:
-        ptr, keep = self._live(), list[Any]()
-        p = _cstr(path, keep, "path")
-        self._busy_call(lambda: lib.rkshim_model_load_prompt_cache(ptr, p))
+        self._op(lib.rkshim_model_load_prompt_cache, path=path)
 
     def release_prompt_cache(self) -> None:
-        ptr = self._live()
-        self._busy_call(lambda: lib.rkshim_model_release_prompt_cache(ptr))
+        self._op(lib.rkshim_model_release_prompt_cache)
 
 
 def _no_owner() -> None:
