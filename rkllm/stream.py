@@ -165,12 +165,6 @@ class _Run:
             with contextlib.suppress(Exception):
                 self.end(INTERRUPT_WAIT_MS)
 
-    def keep(self, text: str) -> None:
-        """Keeps a batch's text and token ids when collecting (for Stream.result)."""
-        if self.collect:
-            self.parts.append(text)
-            self.ids.extend(self.model.pull_ids())
-
     def finish(self) -> None:
         """After the last batch: keep the arrays, end the session, report a failed run."""
         if self.array_kind != ll.MODE_GENERATE:
@@ -198,30 +192,33 @@ class _Run:
         return "error"
 
 
-def split(text: str, ends: list[int]) -> Iterator[str]:
-    """A batch's pieces: one per token that completed a character (``ends`` are code-point
-    offsets; equal neighbours mean a token that completed none)."""
-    prev = 0
-    for end in ends:
-        if end != prev:
-            yield text[prev:end]
-            prev = end
-
-
-def _pieces(run: _Run, chunked: bool) -> Iterator[str]:
-    pull = run.model.pull
-    keep = run.keep
+def _pieces(run: _Run, chunked: bool, wait_ms: int = POLL_MS) -> Iterator[str]:
+    """The one place where batches become pieces: one per token that completed a character
+    (``ends`` are code-point offsets; equal neighbours mean a token that completed none), or
+    one per batch. With ``wait_ms=0`` (read_nowait) an empty string ends each pull."""
+    model = run.model
+    pull = model.pull
+    collect = run.collect
     try:
         while True:
-            text, ends, done = pull(POLL_MS)
+            text, ends, done = pull(wait_ms)
             if ends:
-                keep(text)
-                if not chunked:
-                    yield from split(text, ends)
-                elif text:
-                    yield text
+                if collect:
+                    run.parts.append(text)
+                    run.ids.extend(model.pull_ids())
+                if chunked:
+                    if text:
+                        yield text
+                else:
+                    prev = 0
+                    for end in ends:
+                        if end != prev:
+                            yield text[prev:end]
+                            prev = end
             if done:
                 break
+            if not wait_ms:
+                yield ""
         run.finish()
     except KeyboardInterrupt:
         run.end(INTERRUPT_WAIT_MS)
@@ -244,6 +241,7 @@ class Stream:
                  context_length: int = 0, chunked: bool = False, collect: bool = False) -> None:
         self._gen: Iterator[str] | None = None  # held only when used through next()
         self._looped = False  # __iter__ gave a generator to a loop: it owns the run
+        self._nowait = False  # _gen is read_nowait's (an empty piece ends each pull)
         self._chunked = chunked
         run = _Run(model, request, limit=limit, context_length=context_length,
                    collect=collect)
@@ -251,9 +249,9 @@ class Stream:
         model.start(request, run)
 
     def __iter__(self) -> Iterator[str]:
-        if self._gen is not None:
+        if self._gen is not None and not self._nowait:
             return self._gen
-        if self._looped:
+        if self._looped or self._nowait:
             raise RuntimeError("a Stream can be iterated only once")
         self._looped = True
         return _pieces(self._run, self._chunked)
@@ -263,6 +261,8 @@ class Stream:
             if self._looped:
                 raise RuntimeError("this Stream is already being iterated")
             self._gen = _pieces(self._run, self._chunked)
+        elif self._nowait:
+            raise RuntimeError("this Stream is being read with read_nowait()")
         return next(self._gen)
 
     def close(self) -> None:
@@ -346,21 +346,19 @@ class Stream:
     def read_nowait(self) -> list[str] | None:
         """The pieces available now, without blocking ([] if none yet); None once the run
         has ended (then finish_reason/perf are set; a runtime error raises here)."""
-        run = self._run
-        if run.ended:
-            return None
-        try:
-            text, ends, done = run.model.pull(0)
-            pieces: list[str] = []
-            if ends:
-                run.keep(text)
-                pieces = [text] if self._chunked else list(split(text, ends))
-            if done:
-                run.finish()
-        except KeyboardInterrupt:
-            run.end(INTERRUPT_WAIT_MS)
-            raise
-        except BaseException:
-            run.end()
-            raise
-        return None if done and not pieces else pieces
+        gen = self._gen
+        if gen is None:
+            if self._run.ended:
+                return None
+            if self._looped:
+                raise RuntimeError("this Stream is already being iterated")
+            gen = self._gen = _pieces(self._run, self._chunked, 0)
+            self._nowait = True
+        elif not self._nowait:
+            raise RuntimeError("this Stream is already being iterated")
+        pieces: list[str] = []
+        for piece in gen:
+            if not piece:
+                return pieces
+            pieces.append(piece)
+        return pieces or None
