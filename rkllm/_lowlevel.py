@@ -13,6 +13,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 from rkllm._native import ffi, lib
@@ -227,6 +228,7 @@ def _run_args(request: Any, keep: list[Any]) -> Any:
                     setattr(a.sampling, field, value[field])
             else:
                 buf = (ffi.new("int32_t[]", list(value)) if kind == "ints"
+                       else ffi.new("float[]", value) if isinstance(value, (list, tuple))
                        else ffi.from_buffer("float[]", value))
                 keep.append(buf)
                 setattr(a, name, buf)
@@ -300,14 +302,18 @@ class Model:
         return check(rc)
 
     # generation
-    def start(self, request: Any, owner: Any) -> None:
-        """Starts a run of ``request`` (see :data:`RUN_FIELDS`) owned by ``owner``."""
+    def start(self, request: Any = None, owner: Any = None, **fields: Any) -> None:
+        """Starts a run of ``request`` (an object with :data:`RUN_FIELDS` names, e.g. a
+        rkllm.request.RunRequest, or those fields as keywords) owned by ``owner`` (None: no
+        owner; the session is then ended by whichever call next finds the model busy)."""
+        if request is None:
+            request = SimpleNamespace(**fields)
         ptr = self._live()
         keep: list[Any] = []
         args = _run_args(request, keep)
         with self._lock:
             self._busy_call(lambda: lib.rkshim_model_start(ptr, args))
-            self._owner = weakref.ref(owner)
+            self._owner = _no_owner if owner is None else weakref.ref(owner)
 
     def pull(self, timeout_ms: int) -> tuple[str, list[int], bool]:
         """Waits up to ``timeout_ms`` for a batch: (text, per-token end offsets into text,
@@ -331,13 +337,14 @@ class Model:
     def abort(self) -> None:
         check(lib.rkshim_model_abort(self._ptr))
 
-    def end(self, owner: Any, timeout_ms: int = 60000) -> dict[str, Any] | None:
+    def end(self, owner: Any = None, timeout_ms: int = 60000) -> dict[str, Any] | None:
         """Ends ``owner``'s generation session (aborting a run still going) and returns how
         the run ended; None if the session had already ended (e.g. by close) or is not
-        ``owner``'s (its start failed, or another run has started since)."""
+        ``owner``'s (its start failed, or another run has started since). ``owner=None``
+        ends whatever session is going."""
         o = ffi.new("rkshim_outcome *")
         with self._lock:  # a start() in another thread waits: it would find us busy
-            if self._owner() is not owner:
+            if owner is not None and self._owner() is not owner:
                 return None
             check(lib.rkshim_model_end(self._ptr, timeout_ms, o))
             self._owner = _no_owner
