@@ -43,6 +43,9 @@ def test_run_request_fields_are_the_compiled_interfaces() -> None:
     assert set(ll.RUN_FIELDS) - names == counts  # every other C field can be set
     assert "top_k" in ll.SAMPLING_FIELDS and "max_context_len" in ll.PARAM_FIELDS
     assert {s.name for s in rkllm.params.SAMPLING_PARAMS} == set(ll.SAMPLING_FIELDS)
+    # the params schema has one entry per field of the shim's rkshim_param
+    assert {s.name for s in rkllm.params.MODEL_PARAMS} == {*ll.PARAM_FIELDS,
+                                                          *ll.PARAM_STR_FIELDS}
 
 
 def test_a_stream_keeps_its_model_alive(demo_model: str, quiet_sim: None) -> None:
