@@ -156,10 +156,8 @@ class Runtime:
         """The runtime's own ``rkllm_createDefaultParam``, in neutral form."""
         p = ffi.new("rkshim_param *")
         check(lib.rkshim_runtime_default_param(self._ptr, p))
-        out: dict[str, Any] = {name: getattr(p, name) for name in PARAM_FIELDS}
-        for name in PARAM_STR_FIELDS:
-            out[name] = None if getattr(p, name) == ffi.NULL else _text(getattr(p, name))
-        return out
+        texts = {name: _text(getattr(p, name)) or None for name in PARAM_STR_FIELDS}
+        return {**{name: getattr(p, name) for name in PARAM_FIELDS}, **texts}
 
     def __repr__(self) -> str:
         kind = "simulated " if self.is_simulator else ""
