@@ -337,12 +337,14 @@ class Model:
 
     def end(self, owner: Any = None, timeout_ms: int = 60000) -> dict[str, Any] | None:
         """Ends ``owner``'s generation session (aborting a run still going) and returns how
-        the run ended; None if the session had already ended (e.g. by close) or is not
-        ``owner``'s (its start failed, or another run has started since). ``owner=None``
-        ends whatever session is going."""
+        the run ended; None if the session had already ended (e.g. by close) or is another
+        live owner's (this one's start failed, or another run has started since). A session
+        without a live owner is stale and ended too (the garbage collector clears weak
+        references before finalisers run); ``owner=None`` ends whatever session is going."""
         o = ffi.new("rkshim_outcome *")
         with self._lock:  # a start() in another thread waits: it would find us busy
-            if owner is not None and self._owner() is not owner:
+            current = self._owner()
+            if owner is not None and current is not None and current is not owner:
                 return None
             check(lib.rkshim_model_end(self._ptr, timeout_ms, o))
             self._owner = _no_owner

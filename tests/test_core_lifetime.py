@@ -79,6 +79,21 @@ print("survived")
     assert out.returncode == 0 and "survived" in out.stdout, out.stderr[-2000:]
 
 
+def test_a_stream_collected_in_a_cycle_ends_its_run(demo_model: str, quiet_sim: None,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RKLLM_SIM_TOKEN_US", "2000")  # the run is still going when collected
+    model = rkllm.LLM(demo_model, runtime="sim:1.2.1", max_context_len=1024)
+    for read in ("next", "read_nowait"):
+        stream = model.generate(PROMPT, max_new_tokens=200)
+        next(stream) if read == "next" else stream.read_nowait()
+        box: list[Any] = [stream]
+        box.append(box)
+        del stream, box
+        gc.collect()  # weak references die before finalisers run: the run still ends
+        assert not model.is_running
+    model.close()
+
+
 def test_dropping_a_stream_after_read_nowait_ends_the_run(model: rkllm.LLM) -> None:
     expected = reference(model)
     for _ in range(200):
