@@ -112,3 +112,56 @@ def test_interrupt_at_every_line(action: str, family: str, demo_model: str, quie
             answer = llm.complete(PROMPT, max_new_tokens=N_TOKENS).text
             assert answer == reference, f"{action}, interrupt at line {at}/{total}"
         assert raised > total // 2  # most lines are in the call itself, not in finalisers
+
+
+SIGINT_CHILD = """
+import os, random, signal, sys, threading, rkllm, rkllm.sim
+from rkllm.errors import BusyError
+PROMPT = "Tell me about the river."
+llm = rkllm.LLM(rkllm.sim.demo_model_path(), runtime="sim:" + sys.argv[1], max_context_len=1024)
+reference = llm.complete(PROMPT, max_new_tokens=8).text
+armed = False
+def on_sigint(signum, frame):
+    if armed:  # a real SIGINT, but only while an action runs (the harness must survive)
+        raise KeyboardInterrupt
+signal.signal(signal.SIGINT, on_sigint)
+def brk():
+    for _ in llm.generate(PROMPT, max_new_tokens=200):
+        break
+actions = [lambda: llm.complete(PROMPT, max_new_tokens=200),
+           lambda: list(llm.generate(PROMPT, max_new_tokens=200)), brk]
+def one(action, delay):
+    global armed
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+    try:
+        armed = True
+        timer.start()
+        action()
+    finally:
+        armed = False
+        timer.join()
+rng = random.Random(int(sys.argv[2]))
+interrupted = stuck = wrong = 0
+for _ in range(int(sys.argv[3])):
+    try:
+        one(rng.choice(actions), rng.random() * 0.004)
+    except KeyboardInterrupt:
+        interrupted += 1
+    try:
+        wrong += llm.complete(PROMPT, max_new_tokens=8).text != reference
+    except BusyError:
+        stuck += 1
+print(interrupted, stuck, wrong)
+"""
+
+
+def test_real_sigint_at_random_times(family: str, quiet_sim: None) -> None:
+    """Real SIGINTs (the issue: 26 of 646 interrupted operations left the model busy)."""
+    import subprocess
+
+    env = dict(os.environ, RKLLM_SIM_TOKEN_US="10")
+    out = subprocess.run([sys.executable, "-X", "faulthandler", "-c", SIGINT_CHILD, family,
+                          "7", "300"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    interrupted, stuck, wrong = map(int, out.stdout.split())
+    assert interrupted > 50 and stuck == 0 and wrong == 0, (interrupted, stuck, wrong)
