@@ -10,9 +10,10 @@ the runtime. The field names of RunRequest are those of the shim's ``rkshim_run_
 from __future__ import annotations
 
 import array
+import operator
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,9 +174,11 @@ def build(family: str, params: Mapping[str, Any], prompt: str | None, *, mode: i
 
 
 def _token_ids(tokens: Any, vocab_size: int | None, limit: int) -> tuple[int, ...]:
-    if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
+    if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Iterable):
         raise ParamTypeError(f"tokens must be a sequence of ints, got {type(tokens).__name__}")
-    ids = tuple(tokens)
+    # ints, or integer objects that say so (numpy's): operator.index
+    ids = tuple(t if isinstance(t, bool) or not hasattr(type(t), "__index__")
+                else operator.index(t) for t in tokens)
     if not ids:
         raise ParamError("tokens must be a non-empty sequence of ints")
     top = vocab_size - 1 if vocab_size else INT32_MAX

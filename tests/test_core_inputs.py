@@ -88,6 +88,9 @@ def test_numpy_float32_is_taken_float64_refused(small: rkllm.LLM) -> None:
                           max_new_tokens=4).token_ids
     with pytest.raises(TypeError, match="float32"):
         small.complete(embeddings=np.full((2, width), 0.5), n_embed_tokens=2)
+    # token ids as a numpy array (numpy's integers are ints by operator.index)
+    ids = small.complete(PROMPT, max_new_tokens=4).token_ids
+    assert small.complete(tokens=np.array(ids, np.int32), max_new_tokens=4).token_ids
 
 
 def test_image_embeddings_are_checked(small: rkllm.LLM) -> None:
