@@ -238,12 +238,13 @@ def _run_args(request: Any, keep: list[Any]) -> Any:
 
 # Text fields of rkshim_outcome (e.g. the runtime's reason for a failed run, where the shim
 # has one) come out as str.
-_OUTCOME_TEXT = frozenset(n for n, f in ffi.typeof("rkshim_outcome").fields
-                          if f.type.kind in ("array", "pointer") and f.type.item.cname == "char")
+OUTCOME_TEXT_FIELDS = tuple(n for n, f in ffi.typeof("rkshim_outcome").fields
+                            if f.type.kind in ("array", "pointer")
+                            and f.type.item.cname == "char")
 
 
 def _outcome(o: Any) -> dict[str, Any]:
-    return {name: _text(getattr(o, name)) if name in _OUTCOME_TEXT else getattr(o, name)
+    return {name: _text(getattr(o, name)) if name in OUTCOME_TEXT_FIELDS else getattr(o, name)
             for name in OUTCOME_FIELDS}
 
 

@@ -107,8 +107,8 @@ def run_error(request: Any, context_length: int, o: dict[str, Any]) -> Generatio
     likely does not fit the context, else GenerationError; with the runtime's reason when
     the shim has it."""
     rc = o["runtime_rc"]
-    reason = o.get("message")
-    reason = reason if isinstance(reason, str) and reason else None
+    # the runtime's own reason, when the shim's outcome carries one (a text field)
+    reason = next((o[n] for n in ll.OUTCOME_TEXT_FIELDS if o[n]), None)
     what = "the runtime reported an error during generation" + (
         f" (rkllm_run returned {rc})" if rc else "")
     if request.prompt is None or context_length <= 0:
