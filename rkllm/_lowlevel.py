@@ -3,31 +3,26 @@
 Thin 1:1 methods over the shim's version-neutral C interface (``csrc/shim/rkshim_api.h``):
 return codes become exceptions in one place (:func:`check`), handles have a lifetime
 (``close()`` is idempotent; every call after it raises :class:`~rkllm.errors.ClosedError`),
-and nothing here knows any runtime release's struct layout.
+and nothing here knows any runtime release's struct layout. What may cross into C is checked
+here too: text (:func:`c_text`), float32 buffers (:func:`float32_view`), run requests.
+
+(Over 400 lines on purpose: the whole C boundary stays in this one module, the only one that
+imports ``_native``.)
 """
 
 from __future__ import annotations
 
 import array
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, NoReturn
 
+from rkllm import errors as E
 from rkllm._native import ffi, lib
-from rkllm.errors import (
-    BusyError,
-    ClosedError,
-    GenerationError,
-    ModelLoadError,
-    ParamError,
-    ParamTypeError,
-    RKLLMError,
-    RuntimeNotFoundError,
-    UnsupportedRuntimeError,
-)
 
 INTERFACE_VERSION = 1
 if lib.rkshim_interface_version() != INTERFACE_VERSION:  # a stale build of the shim
@@ -51,17 +46,17 @@ INPUT_TOKEN = lib.RKSHIM_INPUT_TOKEN
 INPUT_EMBED = lib.RKSHIM_INPUT_EMBED
 INPUT_MULTIMODAL = lib.RKSHIM_INPUT_MULTIMODAL
 
-_ERRORS: dict[int, type[RKLLMError]] = {
-    lib.RKSHIM_E_NOTFOUND: RuntimeNotFoundError,
-    lib.RKSHIM_E_UNSUPPORTED: UnsupportedRuntimeError,
-    lib.RKSHIM_E_CLOSED: ClosedError,
-    lib.RKSHIM_E_BUSY: BusyError,
-    lib.RKSHIM_E_PARAM: ParamError,
-    lib.RKSHIM_E_LOAD: ModelLoadError,
-    lib.RKSHIM_E_RUNTIME: RKLLMError,
-    lib.RKSHIM_E_NOMEM: RKLLMError,
-    lib.RKSHIM_E_TIMEOUT: GenerationError,
-    lib.RKSHIM_E_MISSING: ParamError,
+_ERRORS: dict[int, type[E.RKLLMError]] = {
+    lib.RKSHIM_E_NOTFOUND: E.RuntimeNotFoundError,
+    lib.RKSHIM_E_UNSUPPORTED: E.UnsupportedRuntimeError,
+    lib.RKSHIM_E_CLOSED: E.ClosedError,
+    lib.RKSHIM_E_BUSY: E.BusyError,
+    lib.RKSHIM_E_PARAM: E.ParamError,
+    lib.RKSHIM_E_LOAD: E.ModelLoadError,
+    lib.RKSHIM_E_RUNTIME: E.RKLLMError,
+    lib.RKSHIM_E_NOMEM: E.RKLLMError,
+    lib.RKSHIM_E_TIMEOUT: E.GenerationError,
+    lib.RKSHIM_E_MISSING: E.ParamError,
 }
 
 
@@ -79,8 +74,8 @@ def raise_last(rc: int) -> NoReturn:
     message = _text(lib.rkshim_last_error()) or f"shim error {rc}"
     runtime_rc = lib.rkshim_last_runtime_rc()
     runtime_message = _text(lib.rkshim_last_runtime_message()) or None
-    cls = _ERRORS.get(rc, RKLLMError)
-    if cls is RuntimeNotFoundError:
+    cls = _ERRORS.get(rc, E.RKLLMError)
+    if cls is E.RuntimeNotFoundError:
         message += NOT_FOUND_HINT
     raise cls(message, code=runtime_rc or None, runtime_message=runtime_message)
 
@@ -95,23 +90,56 @@ def check(rc: int) -> int:
 def c_text(value: str | bytes | os.PathLike[str], what: str) -> bytes:
     """The one rule for every string handed to C: UTF-8 (a path: ``os.fspath`` first), no
     NUL (C would silently cut the text there), no lone surrogate (not text; a path that is
-    not UTF-8 is given as bytes). Raises ParamError naming ``what``."""
+    not UTF-8 is given as bytes). Raises E.ParamError naming ``what``."""
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if isinstance(value, str):
         try:
             data = value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ParamError(f"{what} contains a lone surrogate U+{ord(value[exc.start]):04X} "
+            raise E.ParamError(f"{what} contains a lone surrogate U+{ord(value[exc.start]):04X} "
                              f"at index {exc.start} (not text)") from None
     elif isinstance(value, bytes):
         data = value
     else:
-        raise ParamTypeError(f"{what} must be a str, got {type(value).__name__}")
+        raise E.ParamTypeError(f"{what} must be a str, got {type(value).__name__}")
     if b"\0" in data:
         index = data.decode("utf-8", "replace").index("\0")
-        raise ParamError(f"{what} contains a NUL character at index {index}")
+        raise E.ParamError(f"{what} contains a NUL character at index {index}")
     return data
+
+
+_FLOAT32_FORMATS = ("f", "=f", "@f", "<f" if sys.byteorder == "little" else ">f")
+
+
+def float32_view(data: Any, what: str) -> memoryview[Any]:
+    """``data`` as a flat float32 memoryview: a buffer whose format is float32 (array('f'),
+    a numpy float32 array, a memoryview) is used as is; a list or tuple of numbers is
+    converted. Any other buffer (float64, int32, bytes) is refused, not reinterpreted."""
+    if isinstance(data, (list, tuple)):
+        try:
+            return memoryview(array.array("f", [float(x) for x in data]))
+        except (TypeError, ValueError):
+            raise E.ParamTypeError(f"{what} must hold numbers") from None
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise E.ParamTypeError(f"{what} must be float32 data (array('f'), a numpy float32 "
+                               f"array, a memoryview of format 'f') or a list of numbers, "
+                               f"got {type(data).__name__}") from None
+    if view.format not in _FLOAT32_FORMATS or view.itemsize != 4:
+        raise E.ParamTypeError(f"{what} must be float32 data, got a buffer of format "
+                               f"{view.format!r} (convert it, e.g. numpy .astype('float32'))")
+    if not view.c_contiguous:
+        raise E.ParamTypeError(f"{what} must be a contiguous buffer")
+    return view.cast("B").cast("f") if view.ndim != 1 else view
+
+
+def _float_buffer(data: Any, keep: list[Any], what: str = "data") -> tuple[Any, int]:
+    """A C float buffer over ``data`` (see :func:`float32_view`) and its length."""
+    buf = ffi.from_buffer("float[]", float32_view(data, what))
+    keep.append(buf)
+    return buf, len(buf)
 
 
 def _cstr(value: str | bytes | os.PathLike[str] | None, keep: list[Any], what: str) -> Any:
@@ -225,14 +253,15 @@ def _run_args(request: Any, keep: list[Any]) -> Any:
                 for field in SAMPLING_FIELDS:
                     setattr(a.sampling, field, value[field])
             else:
-                buf = (ffi.new("int32_t[]", list(value)) if kind == "ints"
-                       else ffi.new("float[]", value) if isinstance(value, (list, tuple))
-                       else ffi.from_buffer("float[]", value))
-                keep.append(buf)
+                if kind == "ints":
+                    buf, n = ffi.new("int32_t[]", list(value)), len(value)
+                    keep.append(buf)
+                else:
+                    buf, n = _float_buffer(value, keep, name)
                 setattr(a, name, buf)
-                setattr(a, _COUNTS[name], len(buf))
+                setattr(a, _COUNTS[name], n)
         except (OverflowError, TypeError) as exc:  # the request builder checks these first
-            raise ParamError(f"{name}: {exc}") from None
+            raise E.ParamError(f"{name}: {exc}") from None
     return a
 
 
@@ -286,7 +315,7 @@ class Model:
 
     def _live(self) -> Any:
         if self._closed:
-            raise ClosedError("the model is closed")
+            raise E.ClosedError("the model is closed")
         return self._ptr
 
     def _busy_call(self, call: Callable[[], int]) -> int:
@@ -381,7 +410,7 @@ class Model:
             start = ffi.NULL if start_pos is None else ffi.new("int[]", list(start_pos))
             end = ffi.NULL if end_pos is None else ffi.new("int[]", list(end_pos))
         except (OverflowError, TypeError) as exc:
-            raise ParamError(f"clear_kv_cache positions: {exc}") from None
+            raise E.ParamError(f"clear_kv_cache positions: {exc}") from None
         self._op(lib.rkshim_model_clear_kv_cache, int(keep_system_prompt), start, end)
 
     def kv_cache_size(self, n_batch: int) -> list[int]:

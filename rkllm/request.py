@@ -9,10 +9,8 @@ the runtime. The field names of RunRequest are those of the shim's ``rkshim_run_
 
 from __future__ import annotations
 
-import array
 import operator
 import os
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +26,6 @@ _PER_RUN = ("max_new_tokens", "keep_history", "role", "enable_thinking", "lora",
             "save_prompt_cache")
 RUN_OPTIONS = (*_PER_RUN, "tokens", "embeddings", "n_embed_tokens",
                "image_embeddings", "n_image_tokens", "n_images", "image_size", "image_markers")
-
-_FLOAT32_FORMATS = ("f", "=f", "@f", "<f" if sys.byteorder == "little" else ">f")
-
 
 @dataclass(frozen=True, eq=False)
 class RunRequest:
@@ -57,6 +52,7 @@ class RunRequest:
     keep_history: bool | None = None
     max_new_tokens: int = -1                  # < 0: the model's limit
     sampling: Mapping[str, Any] | None = None  # per-run sampling (1.3.0)
+    embed_size: int | None = None             # floats per embedding row, for the shim's checks
 
 
 def check_int(value: Any, what: str, lo: int, hi: int = INT32_MAX) -> int:
@@ -90,29 +86,6 @@ def check_path(value: Any, what: str) -> str:
         raise ParamTypeError(f"{what} must be a str path, got {type(path).__name__}")
     ll.c_text(path, what)
     return path
-
-
-def float32_view(data: Any, what: str) -> memoryview[Any]:
-    """``data`` as a flat float32 memoryview: a buffer whose format is float32 (array('f'),
-    a numpy float32 array, a memoryview) is used as is; a list or tuple of numbers is
-    converted. Any other buffer (float64, int32, bytes) is refused, not reinterpreted."""
-    if isinstance(data, (list, tuple)):
-        try:
-            return memoryview(array.array("f", [float(x) for x in data]))
-        except (TypeError, ValueError):
-            raise ParamTypeError(f"{what} must hold numbers") from None
-    try:
-        view = memoryview(data)
-    except TypeError:
-        raise ParamTypeError(f"{what} must be float32 data (array('f'), a numpy float32 "
-                             f"array, a memoryview of format 'f') or a list of numbers, got "
-                             f"{type(data).__name__}") from None
-    if view.format not in _FLOAT32_FORMATS or view.itemsize != 4:
-        raise ParamTypeError(f"{what} must be float32 data, got a buffer of format "
-                             f"{view.format!r} (convert it, e.g. numpy .astype('float32'))")
-    if not view.c_contiguous:
-        raise ParamTypeError(f"{what} must be a contiguous buffer")
-    return view.cast("B").cast("f") if view.ndim != 1 else view
 
 
 def _check_floats(view: memoryview[Any], rows: int, width: int, what: str, rows_what: str) -> None:
@@ -164,9 +137,11 @@ def build(family: str, params: Mapping[str, Any], prompt: str | None, *, mode: i
             raise ParamError("embeddings need n_embed_tokens (the number of rows)")
         rows = check_int(n_embed_tokens, "n_embed_tokens", 1)
         _fits(rows, limit, "the embeddings input")
-        view = float32_view(embeddings, "embeddings")
-        _check_floats(view, rows, embedding_size(), "embeddings", "n_embed_tokens")
-        out.update(input_type=ll.INPUT_EMBED, embed=view, n_embed_tokens=rows)
+        view = ll.float32_view(embeddings, "embeddings")
+        width = embedding_size()
+        _check_floats(view, rows, width, "embeddings", "n_embed_tokens")
+        out.update(input_type=ll.INPUT_EMBED, embed=view, n_embed_tokens=rows,
+                   embed_size=width)
     if n_embed_tokens is not None and embeddings is None:
         raise ParamError("n_embed_tokens goes with embeddings=")
     out.update(_run_options(family, params, loras, sampling, per_run))
@@ -202,11 +177,13 @@ def _image_input(family: str, prompt: str, embeds: Any, n_image_tokens: Any, n_i
     height = check_int(image_size[1], "image_size height", 0)
     rows = per_image * count
     _fits(rows, limit, "the image input (n_images x n_image_tokens)")
-    view = float32_view(embeds, "image_embeddings")
-    _check_floats(view, rows, embedding_size(), "image_embeddings",
+    view = ll.float32_view(embeds, "image_embeddings")
+    width = embedding_size()
+    _check_floats(view, rows, width, "image_embeddings",
                   "n_images x n_image_tokens" if many else "n_image_tokens")
     out: dict[str, Any] = dict(
         input_type=ll.INPUT_MULTIMODAL, prompt=check_text(prompt, "prompt"), image_embed=view,
+        embed_size=width,
         n_image_tokens=per_image, n_image=count, image_width=width, image_height=height)
     if markers is not None:
         P.require(family, "image_markers", "image_markers per run")
