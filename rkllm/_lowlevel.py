@@ -13,6 +13,7 @@ imports ``_native``.)
 from __future__ import annotations
 
 import array
+import gc
 import os
 import sys
 import threading
@@ -323,11 +324,18 @@ class Model:
         rc: int = call()
         if rc == lib.RKSHIM_E_BUSY:
             with self._lock:  # not while a start() is between the shim and its owner
-                owner = self._owner()
-                if owner is None or owner.ended:
+                if self._owner_holds():
+                    # an owner kept only by a reference cycle (asyncio's exception plumbing
+                    # after Ctrl-C makes such cycles) is garbage: collecting it ends its run
+                    gc.collect()
+                if not self._owner_holds():
                     lib.rkshim_model_end(self._ptr, 60000, ffi.NULL)
             rc = call()
         return check(rc)
+
+    def _owner_holds(self) -> bool:
+        owner = self._owner()
+        return owner is not None and not owner.ended
 
     # generation
     def start(self, request: Any = None, owner: Any = None, **fields: Any) -> None:

@@ -28,15 +28,26 @@ from rkllm.stream import Perf, Result, Stream
 __all__ = ["AsyncStream", "acomplete", "agenerate"]
 
 
+# Whose reader is registered on each (event loop, eventfd). A model's streams share its
+# eventfd, so a stream finalised late (kept by a traceback, or in a cycle) must not remove the
+# reader of a newer stream of the same model.
+_readers: weakref.WeakValueDictionary[tuple[int, int], AsyncStream] = (
+    weakref.WeakValueDictionary())
+
+
 def _on_readable(ref: weakref.ReferenceType[AsyncStream], loop: asyncio.AbstractEventLoop,
                  fd: int) -> None:
     """The loop's reader callback. It holds its stream weakly: a registered reader must not
     keep an abandoned stream (``break`` out of ``async for``) alive, or its run never ends."""
-    stream = ref()
-    if stream is None:
-        loop.remove_reader(fd)
-    else:
-        stream._on_readable()
+    owner = _readers.get((id(loop), fd))
+    if owner is None:
+        loop.remove_reader(fd)  # nobody waits on this fd any more
+        return
+    if ref() is not owner:
+        # a stale registration (an interrupt can leave one over the current stream's): the
+        # fd's current stream gets its reader back
+        loop.add_reader(fd, _on_readable, weakref.ref(owner), loop, fd)
+    owner._on_readable()
 
 
 class AsyncStream:
@@ -68,7 +79,10 @@ class AsyncStream:
     def _disarm(self) -> None:
         if self._armed and self._loop is not None:
             self._armed = False
-            self._loop.remove_reader(self._fd)
+            key = (id(self._loop), self._fd)
+            if _readers.get(key) is self:
+                del _readers[key]
+                self._loop.remove_reader(self._fd)
 
     async def _readable(self) -> None:
         loop = asyncio.get_running_loop()
@@ -80,6 +94,7 @@ class AsyncStream:
         self._waiter = waiter
         if not self._armed:
             loop.add_reader(self._fd, _on_readable, weakref.ref(self), loop, self._fd)
+            _readers[(id(loop), self._fd)] = self
             self._armed = True
         try:
             await waiter
@@ -118,10 +133,11 @@ class AsyncStream:
     def _cancel(self) -> None:
         if self._ended:
             return
-        self._finish()
-        # the event loop must not stall on a runtime slow to stop: the model's next call
-        # waits for it instead
+        # the run first (an interrupt must not leave it going with this stream marked
+        # ended); the event loop must not stall on a runtime slow to stop: the model's next
+        # call waits for it instead
         self._stream.cancel()
+        self._finish()
 
     async def aclose(self) -> None:
         """Stops the run (if still going); the model is ready for the next one."""

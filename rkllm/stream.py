@@ -276,8 +276,7 @@ class Stream:
         """Aborts the run and ends it, waiting at most ``wait_ms`` for the runtime (one that
         is slow to stop is waited for by the model's next call instead): for event loops,
         which must not stall."""
-        self.abort()
-        self._run.end(wait_ms)
+        self._run.end(wait_ms)  # its first step marks the run let go (see _Run.end)
 
     def abort(self) -> None:
         """Asks the runtime to stop; the loop then ends with finish_reason "abort". Safe

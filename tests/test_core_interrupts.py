@@ -115,7 +115,7 @@ def test_interrupt_at_every_line(action: str, family: str, demo_model: str, quie
 
 
 SIGINT_CHILD = """
-import os, random, signal, sys, threading, rkllm, rkllm.sim
+import asyncio, os, random, signal, sys, threading, rkllm, rkllm.sim
 from rkllm.errors import BusyError
 PROMPT = "Tell me about the river."
 llm = rkllm.LLM(rkllm.sim.demo_model_path(), runtime="sim:" + sys.argv[1], max_context_len=1024)
@@ -128,8 +128,13 @@ signal.signal(signal.SIGINT, on_sigint)
 def brk():
     for _ in llm.generate(PROMPT, max_new_tokens=200):
         break
+async def abrk():
+    async for _ in llm.agenerate(PROMPT, max_new_tokens=200):
+        break
+    await llm.acomplete(PROMPT, max_new_tokens=50)
 actions = [lambda: llm.complete(PROMPT, max_new_tokens=200),
-           lambda: list(llm.generate(PROMPT, max_new_tokens=200)), brk]
+           lambda: list(llm.generate(PROMPT, max_new_tokens=200)), brk,
+           lambda: asyncio.run(abrk())]
 def one(action, delay):
     global armed
     timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
@@ -156,7 +161,8 @@ print(interrupted, stuck, wrong)
 
 
 def test_real_sigint_at_random_times(family: str, quiet_sim: None) -> None:
-    """Real SIGINTs (the issue: 26 of 646 interrupted operations left the model busy)."""
+    """Real SIGINTs (the issue: 26 of 646 interrupted operations left the model busy), in
+    complete, generate, break and asyncio."""
     import subprocess
 
     env = dict(os.environ, RKLLM_SIM_TOKEN_US="10")
