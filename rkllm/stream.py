@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import array
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,7 +192,7 @@ class _Run:
         return "error"
 
 
-def _pieces(run: _Run, chunked: bool, wait_ms: int = POLL_MS) -> Iterator[str]:
+def _pieces(run: _Run, chunked: bool, wait_ms: int = POLL_MS) -> Generator[str, None, None]:
     """The one place where batches become pieces: one per token that completed a character
     (``ends`` are code-point offsets; equal neighbours mean a token that completed none), or
     one per batch. With ``wait_ms=0`` (read_nowait) an empty string ends each pull."""
@@ -239,7 +239,7 @@ class Stream:
 
     def __init__(self, model: ll.Model, request: Any, *, limit: int = -1,
                  context_length: int = 0, chunked: bool = False, collect: bool = False) -> None:
-        self._gen: Iterator[str] | None = None  # held only when used through next()
+        self._gen: Generator[str, None, None] | None = None  # held when used by next()
         self._looped = False  # __iter__ gave a generator to a loop: it owns the run
         self._nowait = False  # _gen is read_nowait's (an empty piece ends each pull)
         self._chunked = chunked
@@ -345,19 +345,15 @@ class Stream:
     def read_nowait(self) -> list[str] | None:
         """The pieces available now, without blocking ([] if none yet); None once the run
         has ended (then finish_reason/perf are set; a runtime error raises here)."""
+        if self._run.ended:
+            return None
         gen = self._gen
         if gen is None:
-            if self._run.ended:
-                return None
             if self._looped:
                 raise RuntimeError("this Stream is already being iterated")
             gen = self._gen = _pieces(self._run, self._chunked, 0)
             self._nowait = True
         elif not self._nowait:
             raise RuntimeError("this Stream is already being iterated")
-        pieces: list[str] = []
-        for piece in gen:
-            if not piece:
-                return pieces
-            pieces.append(piece)
-        return pieces or None
+        pieces = list(iter(gen.__next__, ""))  # up to the end of this pull, or of the run
+        return None if not pieces and self._run.ended else pieces
