@@ -165,6 +165,12 @@ class _Run:
             with contextlib.suppress(Exception):
                 self.end(INTERRUPT_WAIT_MS)
 
+    def keep(self, text: str) -> None:
+        """Keeps a batch's text and token ids when collecting (for Stream.result)."""
+        if self.collect:
+            self.parts.append(text)
+            self.ids.extend(self.model.pull_ids())
+
     def finish(self) -> None:
         """After the last batch: keep the arrays, end the session, report a failed run."""
         if self.array_kind != ll.MODE_GENERATE:
@@ -192,33 +198,27 @@ class _Run:
         return "error"
 
 
-def _pieces(run: _Run, chunked: bool, wait_ms: int = POLL_MS) -> Generator[str, None, None]:
-    """The one place where batches become pieces: one per token that completed a character
-    (``ends`` are code-point offsets; equal neighbours mean a token that completed none), or
-    one per batch. With ``wait_ms=0`` (read_nowait) an empty string ends each pull."""
+def _split(text: str, ends: list[int]) -> list[str]:
+    """The one place where a batch becomes pieces: one per token that completed a character
+    (``ends`` are code-point offsets; equal neighbours mean a token that completed none)."""
+    return [text[a:b] for a, b in zip([0, *ends], ends) if a != b]
+
+
+def _pieces(run: _Run, chunked: bool) -> Generator[str, None, None]:
     model = run.model
     pull = model.pull
-    collect = run.collect
+    keep = run.keep
     try:
         while True:
-            text, ends, done = pull(wait_ms)
+            text, ends, done = pull(POLL_MS)
             if ends:
-                if collect:
-                    run.parts.append(text)
-                    run.ids.extend(model.pull_ids())
-                if chunked:
-                    if text:
-                        yield text
-                else:
-                    prev = 0
-                    for end in ends:
-                        if end != prev:
-                            yield text[prev:end]
-                            prev = end
+                keep(text)
+                if not chunked:
+                    yield from _split(text, ends)
+                elif text:
+                    yield text
             if done:
                 break
-            if not wait_ms:
-                yield ""
         run.finish()
     except KeyboardInterrupt:
         run.end(INTERRUPT_WAIT_MS)
@@ -241,7 +241,6 @@ class Stream:
                  context_length: int = 0, chunked: bool = False, collect: bool = False) -> None:
         self._gen: Generator[str, None, None] | None = None  # held when used by next()
         self._looped = False  # __iter__ gave a generator to a loop: it owns the run
-        self._nowait = False  # _gen is read_nowait's (an empty piece ends each pull)
         self._chunked = chunked
         run = _Run(model, request, limit=limit, context_length=context_length,
                    collect=collect)
@@ -249,9 +248,9 @@ class Stream:
         model.start(request, run)
 
     def __iter__(self) -> Iterator[str]:
-        if self._gen is not None and not self._nowait:
+        if self._gen is not None:
             return self._gen
-        if self._looped or self._nowait:
+        if self._looped:
             raise RuntimeError("a Stream can be iterated only once")
         self._looped = True
         return _pieces(self._run, self._chunked)
@@ -261,8 +260,6 @@ class Stream:
             if self._looped:
                 raise RuntimeError("this Stream is already being iterated")
             self._gen = _pieces(self._run, self._chunked)
-        elif self._nowait:
-            raise RuntimeError("this Stream is being read with read_nowait()")
         return next(self._gen)
 
     def close(self) -> None:
@@ -345,15 +342,23 @@ class Stream:
     def read_nowait(self) -> list[str] | None:
         """The pieces available now, without blocking ([] if none yet); None once the run
         has ended (then finish_reason/perf are set; a runtime error raises here)."""
-        if self._run.ended:
+        run = self._run
+        if run.ended:
             return None
-        gen = self._gen
-        if gen is None:
-            if self._looped:
-                raise RuntimeError("this Stream is already being iterated")
-            gen = self._gen = _pieces(self._run, self._chunked, 0)
-            self._nowait = True
-        elif not self._nowait:
+        if self._looped or self._gen is not None:
             raise RuntimeError("this Stream is already being iterated")
-        pieces = list(iter(gen.__next__, ""))  # up to the end of this pull, or of the run
-        return None if not pieces and self._run.ended else pieces
+        try:
+            text, ends, done = run.model.pull(0)
+            pieces = []
+            if ends:
+                run.keep(text)
+                pieces = [text] if self._chunked else _split(text, ends)
+            if done:
+                run.finish()
+        except KeyboardInterrupt:
+            run.end(INTERRUPT_WAIT_MS)
+            raise
+        except BaseException:
+            run.end()
+            raise
+        return None if done and not pieces else pieces
