@@ -15,11 +15,13 @@ from typing import Any
 from rkllm.errors import (
     BusyError,
     ClosedError,
+    ContextLengthError,
     GenerationError,
     IntegrityError,
     ModelLoadError,
     ModelNotFoundError,
     ParamError,
+    ParamTypeError,
     RKLLMError,
     RuntimeNotFoundError,
     UnsupportedRuntimeError,
@@ -58,6 +60,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "LLM",
     "BusyError",
+    "ContextLengthError",
+    "ParamTypeError",
     "ClosedError",
     "GenerationError",
     "IntegrityError",

@@ -3,28 +3,27 @@
 Thin 1:1 methods over the shim's version-neutral C interface (``csrc/shim/rkshim_api.h``):
 return codes become exceptions in one place (:func:`check`), handles have a lifetime
 (``close()`` is idempotent; every call after it raises :class:`~rkllm.errors.ClosedError`),
-and nothing here knows any runtime release's struct layout.
+and nothing here knows any runtime release's struct layout. What may cross into C is checked
+here too: text (:func:`c_text`), float32 buffers (:func:`float32_view`), run requests.
+
+(Over 400 lines on purpose: the whole C boundary stays in this one module, the only one that
+imports ``_native``.)
 """
 
 from __future__ import annotations
 
 import array
+import gc
 import os
+import sys
 import threading
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
+from rkllm import errors as E
 from rkllm._native import ffi, lib
-from rkllm.errors import (
-    BusyError,
-    ClosedError,
-    GenerationError,
-    ModelLoadError,
-    ParamError,
-    RKLLMError,
-    RuntimeNotFoundError,
-    UnsupportedRuntimeError,
-)
 
 INTERFACE_VERSION = 2
 if lib.rkshim_interface_version() != INTERFACE_VERSION:  # a stale build of the shim
@@ -48,17 +47,17 @@ INPUT_TOKEN = lib.RKSHIM_INPUT_TOKEN
 INPUT_EMBED = lib.RKSHIM_INPUT_EMBED
 INPUT_MULTIMODAL = lib.RKSHIM_INPUT_MULTIMODAL
 
-_ERRORS: dict[int, type[RKLLMError]] = {
-    lib.RKSHIM_E_NOTFOUND: RuntimeNotFoundError,
-    lib.RKSHIM_E_UNSUPPORTED: UnsupportedRuntimeError,
-    lib.RKSHIM_E_CLOSED: ClosedError,
-    lib.RKSHIM_E_BUSY: BusyError,
-    lib.RKSHIM_E_PARAM: ParamError,
-    lib.RKSHIM_E_LOAD: ModelLoadError,
-    lib.RKSHIM_E_RUNTIME: RKLLMError,
-    lib.RKSHIM_E_NOMEM: RKLLMError,
-    lib.RKSHIM_E_TIMEOUT: GenerationError,
-    lib.RKSHIM_E_MISSING: ParamError,
+_ERRORS: dict[int, type[E.RKLLMError]] = {
+    lib.RKSHIM_E_NOTFOUND: E.RuntimeNotFoundError,
+    lib.RKSHIM_E_UNSUPPORTED: E.UnsupportedRuntimeError,
+    lib.RKSHIM_E_CLOSED: E.ClosedError,
+    lib.RKSHIM_E_BUSY: E.BusyError,
+    lib.RKSHIM_E_PARAM: E.ParamError,
+    lib.RKSHIM_E_LOAD: E.ModelLoadError,
+    lib.RKSHIM_E_RUNTIME: E.RKLLMError,
+    lib.RKSHIM_E_NOMEM: E.RKLLMError,
+    lib.RKSHIM_E_TIMEOUT: E.GenerationError,
+    lib.RKSHIM_E_MISSING: E.ParamError,
 }
 
 
@@ -66,12 +65,19 @@ def _text(ptr: Any) -> str:
     return "" if ptr == ffi.NULL else bytes(ffi.string(ptr)).decode("utf-8", "replace")
 
 
+# What to try when no runtime is found: the message comes from the shim's loader.
+NOT_FOUND_HINT = ('; to try rkllm without a board, use the simulated runtime: '
+                  'rkllm.LLM(model, runtime="sim") (or RKLLM_LIBRARY=sim)')
+
+
 def raise_last(rc: int) -> NoReturn:
     """Raises the calling thread's last shim error as the exception class for ``rc``."""
     message = _text(lib.rkshim_last_error()) or f"shim error {rc}"
     runtime_rc = lib.rkshim_last_runtime_rc()
     runtime_message = _text(lib.rkshim_last_runtime_message()) or None
-    cls = _ERRORS.get(rc, RKLLMError)
+    cls = _ERRORS.get(rc, E.RKLLMError)
+    if cls is E.RuntimeNotFoundError:
+        message += NOT_FOUND_HINT
     raise cls(message, code=runtime_rc or None, runtime_message=runtime_message)
 
 
@@ -82,27 +88,81 @@ def check(rc: int) -> int:
     return rc
 
 
-def _cstr(value: str | os.PathLike[str] | None, keep: list[Any]) -> Any:
+def c_text(value: str | bytes | os.PathLike[str], what: str) -> bytes:
+    """The one rule for every string handed to C: UTF-8 (a path: ``os.fspath`` first), no
+    NUL (C would silently cut the text there), no lone surrogate (not text; a path that is
+    not UTF-8 is given as bytes). Raises E.ParamError naming ``what``."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise E.ParamError(f"{what} contains a lone surrogate U+{ord(value[exc.start]):04X} "
+                             f"at index {exc.start} (not text)") from None
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        raise E.ParamTypeError(f"{what} must be a str, got {type(value).__name__}")
+    if b"\0" in data:
+        index = data.decode("utf-8", "replace").index("\0")
+        raise E.ParamError(f"{what} contains a NUL character at index {index}")
+    return data
+
+
+_FLOAT32_FORMATS = ("f", "=f", "@f", "<f" if sys.byteorder == "little" else ">f")
+
+
+def float32_view(data: Any, what: str) -> memoryview[Any]:
+    """``data`` as a flat float32 memoryview: a buffer whose format is float32 (array('f'),
+    a numpy float32 array, a memoryview) is used as is; a list or tuple of numbers is
+    converted. Any other buffer (float64, int32, bytes) is refused, not reinterpreted."""
+    if isinstance(data, (list, tuple)):
+        try:
+            return memoryview(array.array("f", [float(x) for x in data]))
+        except (TypeError, ValueError):
+            raise E.ParamTypeError(f"{what} must hold numbers") from None
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise E.ParamTypeError(f"{what} must be float32 data (array('f'), a numpy float32 "
+                               f"array, a memoryview of format 'f') or a list of numbers, "
+                               f"got {type(data).__name__}") from None
+    if view.format not in _FLOAT32_FORMATS or view.itemsize != 4:
+        raise E.ParamTypeError(f"{what} must be float32 data, got a buffer of format "
+                               f"{view.format!r} (convert it, e.g. numpy .astype('float32'))")
+    if not view.c_contiguous:
+        raise E.ParamTypeError(f"{what} must be a contiguous buffer")
+    return view.cast("B").cast("f") if view.ndim != 1 else view
+
+
+def _float_buffer(data: Any, keep: list[Any], what: str = "data") -> tuple[Any, int]:
+    """A C float buffer over ``data`` (see :func:`float32_view`) and its length."""
+    buf = ffi.from_buffer("float[]", float32_view(data, what))
+    keep.append(buf)
+    return buf, len(buf)
+
+
+def _cstr(value: str | bytes | os.PathLike[str] | None, keep: list[Any], what: str) -> Any:
     if value is None:
         return ffi.NULL
-    buf = ffi.new("char[]", os.fsencode(value))
+    buf = ffi.new("char[]", c_text(value, what))
     keep.append(buf)
     return buf
 
 
+def _is_text(ctype: Any) -> bool:
+    return bool(ctype.kind == "pointer" and ctype.item.cname == "char")
+
+
 # ---- runtimes --------------------------------------------------------------------------------
 
-PARAM_FIELDS = (
-    "max_context_len", "max_new_tokens", "top_k", "n_keep", "top_p", "temperature",
-    "repeat_penalty", "frequency_penalty", "presence_penalty", "mirostat", "mirostat_tau",
-    "mirostat_eta", "skip_special_token", "ignore_eos_token", "base_domain_id", "embed_flash",
-    "enabled_cpus_num", "enabled_cpus_mask", "n_batch", "use_cross_attn",
-)
-PARAM_STR_FIELDS = ("img_start", "img_end", "img_content")
-SAMPLING_FIELDS = (
-    "top_k", "top_p", "temperature", "repeat_penalty", "frequency_penalty", "presence_penalty",
-    "mirostat", "mirostat_tau", "mirostat_eta",
-)
+# Field names come from the compiled interface (csrc/shim/rkshim_api.h), not from lists here.
+PARAM_FIELDS = tuple(n for n, f in ffi.typeof("rkshim_param").fields if not _is_text(f.type))
+PARAM_STR_FIELDS = tuple(n for n, f in ffi.typeof("rkshim_param").fields if _is_text(f.type))
+SAMPLING_FIELDS = tuple(n for n, _ in ffi.typeof("rkshim_sampling").fields)
+RUN_FIELDS = tuple(n for n, _ in ffi.typeof("rkshim_run_args").fields)
+OUTCOME_FIELDS = tuple(n for n, _ in ffi.typeof("rkshim_outcome").fields)
 
 
 class Runtime:
@@ -125,10 +185,8 @@ class Runtime:
         """The runtime's own ``rkllm_createDefaultParam``, in neutral form."""
         p = ffi.new("rkshim_param *")
         check(lib.rkshim_runtime_default_param(self._ptr, p))
-        out: dict[str, Any] = {name: getattr(p, name) for name in PARAM_FIELDS}
-        for name in PARAM_STR_FIELDS:
-            out[name] = None if getattr(p, name) == ffi.NULL else _text(getattr(p, name))
-        return out
+        texts = {name: _text(getattr(p, name)) or None for name in PARAM_STR_FIELDS}
+        return {**{name: getattr(p, name) for name in PARAM_FIELDS}, **texts}
 
     def __repr__(self) -> str:
         kind = "simulated " if self.is_simulator else ""
@@ -149,57 +207,116 @@ def open_runtime(path: str | None = None, *, path_source: str | None = None,
         if runtime is None:
             keep: list[Any] = []
             out = ffi.new("rkshim_runtime **")
-            check(lib.rkshim_runtime_open(_cstr(path, keep), _cstr(path_source, keep),
-                                          _cstr(PACKAGE_DIR, keep), _cstr(abi or None, keep),
-                                          out))
+            check(lib.rkshim_runtime_open(_cstr(path, keep, "runtime"),
+                                          _cstr(path_source, keep, "runtime"),
+                                          _cstr(PACKAGE_DIR, keep, "the package directory"),
+                                          _cstr(abi or None, keep, "abi"), out))
             runtime = _runtimes[key] = Runtime(out[0])
         return runtime
 
 
 # ---- models ----------------------------------------------------------------------------------
 
-def _float_buffer(data: Any, keep: list[Any]) -> tuple[Any, int]:
-    """A float32 buffer for C from a buffer-protocol object or a sequence of numbers."""
-    if isinstance(data, (array.array, memoryview, bytes, bytearray)) or hasattr(data, "__array__"):
+# How each rkshim_run_args field is filled from a run request (an object with attributes of
+# the same names, e.g. rkllm.request.RunRequest): text, a counted array, the per-run sampling
+# struct, or a number. The counts are set with their arrays, never taken from the request.
+_COUNTS = {"token_ids": "n_token_ids", "embed": "n_embed_floats",
+           "image_embed": "n_image_floats"}
+_DERIVED = frozenset(_COUNTS.values()) | {"has_sampling"}
+
+
+def _run_field_kind(ctype: Any) -> str:
+    if _is_text(ctype):
+        return "text"
+    if ctype.kind == "pointer":
+        return "ints" if ctype.item.cname == "int32_t" else "floats"
+    return "struct" if ctype.kind == "struct" else "number"
+
+
+_RUN_PLAN = tuple((n, _run_field_kind(f.type)) for n, f in ffi.typeof("rkshim_run_args").fields
+                  if n not in _DERIVED)
+
+
+def _run_args(request: Any, keep: list[Any]) -> Any:
+    a = ffi.new("rkshim_run_args *")
+    keep.append(a)
+    for name, kind in _RUN_PLAN:
+        value = getattr(request, name, None)
+        if value is None:
+            continue
         try:
-            buf = ffi.from_buffer("float[]", data)
-        except TypeError as exc:
-            raise ParamError(f"expected float32 data: {exc}") from None
-        if isinstance(data, array.array) and data.typecode != "f":
-            raise ParamError(f"expected array('f'), got array({data.typecode!r})")
-    else:
-        buf = ffi.new("float[]", [float(x) for x in data])
-    keep.append(buf)
-    return buf, len(buf)
+            if kind == "text":
+                setattr(a, name, _cstr(value, keep, name))
+            elif kind == "number":
+                setattr(a, name, value)
+            elif kind == "struct":  # the per-run sampling overrides
+                a.has_sampling = 1
+                for field in SAMPLING_FIELDS:
+                    setattr(a.sampling, field, value[field])
+            else:
+                if kind == "ints":
+                    buf, n = ffi.new("int32_t[]", list(value)), len(value)
+                    keep.append(buf)
+                else:
+                    buf, n = _float_buffer(value, keep, name)
+                setattr(a, name, buf)
+                setattr(a, _COUNTS[name], n)
+        except (OverflowError, TypeError) as exc:  # the request builder checks these first
+            raise E.ParamError(f"{name}: {exc}") from None
+    return a
+
+
+# Text fields of rkshim_outcome (e.g. the runtime's reason for a failed run, where the shim
+# has one) come out as str.
+OUTCOME_TEXT_FIELDS = tuple(n for n, f in ffi.typeof("rkshim_outcome").fields
+                            if f.type.kind in ("array", "pointer")
+                            and f.type.item.cname == "char")
 
 
 def _outcome(o: Any) -> dict[str, Any]:
-    return {name: getattr(o, name) for name in (
-        "status", "runtime_rc", "n_tokens", "perf_source", "prefill_ms", "prefill_tokens",
-        "generate_ms", "generate_tokens", "memory_mb")}
+    return {name: _text(getattr(o, name)) if name in OUTCOME_TEXT_FIELDS else getattr(o, name)
+            for name in OUTCOME_FIELDS}
 
 
 class Model:
-    """One loaded model. Methods map 1:1 to the shim's ``rkshim_model_*`` functions."""
+    """One loaded model. Methods map 1:1 to the shim's ``rkshim_model_*`` functions.
 
-    def __init__(self, runtime: Runtime, model_path: str, params: Mapping[str, Any]) -> None:
+    Ownership of a generation session: :meth:`start` records its owner (an object with an
+    ``ended`` attribute, e.g. rkllm.stream's run state; held weakly). A session whose owner
+    has gone or has ``ended`` set is stale: an interrupt (Ctrl-C) landed after the owner let
+    go but before the shim heard of it. The next call that finds the model busy ends such a
+    session first, so no interrupt can leave the model busy for good.
+    """
+
+    def __init__(self, runtime: Runtime, model_path: str | os.PathLike[str],
+                 params: Mapping[str, Any]) -> None:
         self.runtime = runtime
         keep: list[Any] = []
         p = ffi.new("rkshim_param *")
         for name in PARAM_FIELDS:
             setattr(p, name, params[name])
         for name in PARAM_STR_FIELDS:
-            setattr(p, name, _cstr(params.get(name), keep))
+            setattr(p, name, _cstr(params.get(name), keep, name))
         out = ffi.new("rkshim_model **")
-        check(lib.rkshim_model_open(runtime._ptr, _cstr(model_path, keep), p, out))
+        check(lib.rkshim_model_open(runtime._ptr, _cstr(model_path, keep, "model"), p, out))
         self._ptr: Any = ffi.gc(out[0], lib.rkshim_model_free)
         self._batch = ffi.new("rkshim_batch *")
         self._closed = False
+        self._pid = os.getpid()  # a forked child cannot use it (the runtime's threads stay behind)
+        self._lock = threading.RLock()  # start() and owner registration, as one step
+        self._owner: Callable[[], Any] = _no_owner
 
     # lifetime
     @property
     def closed(self) -> bool:
         return self._closed or bool(lib.rkshim_model_is_closed(self._ptr))
+
+    def why_closed(self) -> str:
+        """Why a closed model is closed, for the ClosedError."""
+        if os.getpid() != self._pid:
+            return ("this model was loaded in the parent process before fork(); load it again "
+                    "in the child")
+        return "the model is closed"
 
     def close(self) -> None:
         self._closed = True
@@ -207,52 +324,40 @@ class Model:
 
     def _live(self) -> Any:
         if self._closed:
-            raise ClosedError("the model is closed")
+            raise E.ClosedError("the model is closed")
         return self._ptr
 
+    def _busy_call(self, call: Callable[[], int]) -> int:
+        """``call()``; if the model is busy with a stale session, end that and call again."""
+        rc: int = call()
+        if rc == lib.RKSHIM_E_BUSY:
+            with self._lock:  # not while a start() is between the shim and its owner
+                if self._owner_holds():
+                    # an owner kept only by a reference cycle (asyncio's exception plumbing
+                    # after Ctrl-C makes such cycles) is garbage: collecting it ends its run
+                    gc.collect()
+                if not self._owner_holds():
+                    lib.rkshim_model_end(self._ptr, 60000, ffi.NULL)
+            rc = call()
+        return check(rc)
+
+    def _owner_holds(self) -> bool:
+        owner = self._owner()
+        return owner is not None and not owner.ended
+
     # generation
-    def start(self, *, input_type: int, prompt: str | None = None, role: str | None = None,
-              enable_thinking: bool = False, token_ids: Sequence[int] | None = None,
-              embed: Any = None, n_embed_tokens: int = 0, image_embed: Any = None,
-              n_image_tokens: int = 0, n_image: int = 0, image_width: int = 0,
-              image_height: int = 0, image_start: str | None = None,
-              image_end: str | None = None, image_content: str | None = None,
-              mode: int = 0, lora_adapter_name: str | None = None,
-              save_prompt_cache_path: str | None = None, keep_history: bool = False,
-              max_new_tokens: int = -1, sampling: Mapping[str, Any] | None = None,
-              embed_size: int = 0) -> None:
+    def start(self, request: Any = None, owner: Any = None, **fields: Any) -> None:
+        """Starts a run of ``request`` (an object with :data:`RUN_FIELDS` names, e.g. a
+        rkllm.request.RunRequest, or those fields as keywords) owned by ``owner`` (None: no
+        owner; the session is then ended by whichever call next finds the model busy)."""
+        if request is None:
+            request = SimpleNamespace(**fields)
         ptr = self._live()
         keep: list[Any] = []
-        a = ffi.new("rkshim_run_args *")
-        a.input_type = input_type
-        a.role = _cstr(role, keep)
-        a.enable_thinking = int(enable_thinking)
-        a.prompt = _cstr(prompt, keep)
-        if token_ids is not None:
-            ids = ffi.new("int32_t[]", list(token_ids))
-            keep.append(ids)
-            a.token_ids, a.n_token_ids = ids, len(ids)
-        if embed is not None:
-            a.embed, a.n_embed_floats = _float_buffer(embed, keep)
-            a.n_embed_tokens = n_embed_tokens
-        if image_embed is not None:
-            a.image_embed, a.n_image_floats = _float_buffer(image_embed, keep)
-            a.n_image_tokens, a.n_image = n_image_tokens, n_image
-            a.image_width, a.image_height = image_width, image_height
-        a.image_start = _cstr(image_start, keep)
-        a.image_end = _cstr(image_end, keep)
-        a.image_content = _cstr(image_content, keep)
-        a.mode = mode
-        a.lora_adapter_name = _cstr(lora_adapter_name, keep)
-        a.save_prompt_cache_path = _cstr(save_prompt_cache_path, keep)
-        a.keep_history = int(keep_history)
-        a.max_new_tokens = max_new_tokens
-        a.embed_size = embed_size  # floats per row when known (0: the shim checks what it can)
-        if sampling is not None:
-            a.has_sampling = 1
-            for name in SAMPLING_FIELDS:
-                setattr(a.sampling, name, sampling[name])
-        check(lib.rkshim_model_start(ptr, a))
+        args = _run_args(request, keep)
+        with self._lock:
+            self._busy_call(lambda: lib.rkshim_model_start(ptr, args))
+            self._owner = _no_owner if owner is None else weakref.ref(owner)
 
     def pull(self, timeout_ms: int) -> tuple[str, list[int], bool]:
         """Waits up to ``timeout_ms`` for a batch: (text, per-token end offsets into text,
@@ -276,11 +381,19 @@ class Model:
     def abort(self) -> None:
         check(lib.rkshim_model_abort(self._ptr))
 
-    def end(self, timeout_ms: int = 60000) -> dict[str, Any] | None:
-        """Ends the generation session (aborting a run still going) and returns how the run
-        ended, or None if the session had already ended (e.g. by close)."""
+    def end(self, owner: Any = None, timeout_ms: int = 60000) -> dict[str, Any] | None:
+        """Ends ``owner``'s generation session (aborting a run still going) and returns how
+        the run ended; None if the session had already ended (e.g. by close) or is another
+        live owner's (this one's start failed, or another run has started since). A session
+        without a live owner is stale and ended too (the garbage collector clears weak
+        references before finalisers run); ``owner=None`` ends whatever session is going."""
         o = ffi.new("rkshim_outcome *")
-        check(lib.rkshim_model_end(self._ptr, timeout_ms, o))
+        with self._lock:  # a start() in another thread waits: it would find us busy
+            current = self._owner()
+            if owner is not None and current is not None and current is not owner:
+                return None
+            check(lib.rkshim_model_end(self._ptr, timeout_ms, o))
+            self._owner = _no_owner
         return _outcome(o) if o.status else None
 
     def array(self, kind: int) -> tuple[array.array[float], int, int] | None:
@@ -301,41 +414,44 @@ class Model:
         return bool(lib.rkshim_model_is_running(self._ptr))
 
     # the runtime's other functions
+    def _op(self, fn: Callable[..., int], *args: Any, **texts: str | None) -> int:
+        """``fn(model, *texts, *args)``, the texts as C strings (their names for errors)."""
+        ptr, keep = self._live(), list[Any]()
+        cargs = (*(_cstr(v, keep, k) for k, v in texts.items()), *args)
+        return self._busy_call(lambda: fn(ptr, *cargs))
+
     def clear_kv_cache(self, keep_system_prompt: bool, start_pos: Sequence[int] | None,
                        end_pos: Sequence[int] | None) -> None:
-        start = ffi.NULL if start_pos is None else ffi.new("int[]", list(start_pos))
-        end = ffi.NULL if end_pos is None else ffi.new("int[]", list(end_pos))
-        check(lib.rkshim_model_clear_kv_cache(self._live(), int(keep_system_prompt), start, end))
+        try:
+            start = ffi.NULL if start_pos is None else ffi.new("int[]", list(start_pos))
+            end = ffi.NULL if end_pos is None else ffi.new("int[]", list(end_pos))
+        except (OverflowError, TypeError) as exc:
+            raise E.ParamError(f"clear_kv_cache positions: {exc}") from None
+        self._op(lib.rkshim_model_clear_kv_cache, int(keep_system_prompt), start, end)
 
     def kv_cache_size(self, n_batch: int) -> list[int]:
         sizes = ffi.new("int[]", 128)
-        check(lib.rkshim_model_kv_cache_size(self._live(), sizes, 128))
+        self._op(lib.rkshim_model_kv_cache_size, sizes, 128)
         return list(sizes[0:max(1, n_batch)])
 
     def set_chat_template(self, system_prompt: str | None, prefix: str | None,
                           postfix: str | None) -> None:
-        keep: list[Any] = []
-        check(lib.rkshim_model_set_chat_template(
-            self._live(), _cstr(system_prompt, keep), _cstr(prefix, keep), _cstr(postfix, keep)))
+        self._op(lib.rkshim_model_set_chat_template, system_prompt=system_prompt,
+                 prompt_prefix=prefix, prompt_postfix=postfix)
 
     def set_function_tools(self, system_prompt: str | None, tools: str | None,
                            tool_response_str: str | None) -> None:
-        keep: list[Any] = []
-        check(lib.rkshim_model_set_function_tools(
-            self._live(), _cstr(system_prompt, keep), _cstr(tools, keep),
-            _cstr(tool_response_str, keep)))
+        self._op(lib.rkshim_model_set_function_tools, system_prompt=system_prompt,
+                 tools=tools, tool_response_str=tool_response_str)
 
     def load_lora(self, path: str, name: str, scale: float) -> None:
-        keep: list[Any] = []
-        check(lib.rkshim_model_load_lora(self._live(), _cstr(path, keep), _cstr(name, keep),
-                                         scale))
+        self._op(lib.rkshim_model_load_lora, scale, path=path, name=name)
 
     def load_prompt_cache(self, path: str) -> None:
-        keep: list[Any] = []
-        check(lib.rkshim_model_load_prompt_cache(self._live(), _cstr(path, keep)))
+        self._op(lib.rkshim_model_load_prompt_cache, path=path)
 
     def release_prompt_cache(self) -> None:
-        check(lib.rkshim_model_release_prompt_cache(self._live()))
+        self._op(lib.rkshim_model_release_prompt_cache)
 
     def set_cross_attn_params(self, k_cache: Any, v_cache: Any, mask: Any,
                               pos: Sequence[int]) -> None:
@@ -347,3 +463,7 @@ class Model:
         p = ffi.new("int32_t[]", list(pos))
         check(lib.rkshim_model_set_cross_attn_params(self._live(), k, n_k, v, n_v, msk, n_mask,
                                                      p, len(p), n_mask))
+
+
+def _no_owner() -> None:
+    return None

@@ -18,22 +18,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections import deque
 from typing import Any
 
-from rkllm import _lowlevel as ll
 from rkllm.core import CoreLLM as LLM
-from rkllm.stream import INTERRUPT_WAIT_MS, Perf, Result, Stream
+from rkllm.stream import Perf, Result, Stream
 
 __all__ = ["AsyncStream", "acomplete", "agenerate"]
 
 
-def _end_quickly(stream: Stream) -> None:
-    """Aborts the run, waiting at most INTERRUPT_WAIT_MS: the event loop must not stall on
-    a runtime that is slow to stop (the model's next call waits for it instead)."""
-    run = stream._run
-    stream.abort()
-    run.end(INTERRUPT_WAIT_MS)
+# Whose reader is registered on each (event loop, eventfd). A model's streams share its
+# eventfd, so a stream finalised late (kept by a traceback, or in a cycle) must not remove the
+# reader of a newer stream of the same model.
+_readers: weakref.WeakValueDictionary[tuple[int, int], AsyncStream] = (
+    weakref.WeakValueDictionary())
+
+
+def _on_readable(ref: weakref.ReferenceType[AsyncStream], loop: asyncio.AbstractEventLoop,
+                 fd: int) -> None:
+    """The loop's reader callback. It holds its stream weakly: a registered reader must not
+    keep an abandoned stream (``break`` out of ``async for``) alive, or its run never ends."""
+    owner = _readers.get((id(loop), fd))
+    if owner is None:
+        loop.remove_reader(fd)  # nobody waits on this fd any more
+        return
+    if ref() is not owner:
+        # a stale registration (an interrupt can leave one over the current stream's): the
+        # fd's current stream gets its reader back
+        loop.add_reader(fd, _on_readable, weakref.ref(owner), loop, fd)
+    owner._on_readable()
 
 
 class AsyncStream:
@@ -65,7 +79,10 @@ class AsyncStream:
     def _disarm(self) -> None:
         if self._armed and self._loop is not None:
             self._armed = False
-            self._loop.remove_reader(self._fd)
+            key = (id(self._loop), self._fd)
+            if _readers.get(key) is self:
+                del _readers[key]
+                self._loop.remove_reader(self._fd)
 
     async def _readable(self) -> None:
         loop = asyncio.get_running_loop()
@@ -76,7 +93,8 @@ class AsyncStream:
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiter = waiter
         if not self._armed:
-            loop.add_reader(self._fd, self._on_readable)
+            loop.add_reader(self._fd, _on_readable, weakref.ref(self), loop, self._fd)
+            _readers[(id(loop), self._fd)] = self
             self._armed = True
         try:
             await waiter
@@ -115,8 +133,11 @@ class AsyncStream:
     def _cancel(self) -> None:
         if self._ended:
             return
+        # the run first (an interrupt must not leave it going with this stream marked
+        # ended); the event loop must not stall on a runtime slow to stop: the model's next
+        # call waits for it instead
+        self._stream.cancel()
         self._finish()
-        _end_quickly(self._stream)
 
     async def aclose(self) -> None:
         """Stops the run (if still going); the model is ready for the next one."""
@@ -166,12 +187,7 @@ def agenerate(llm: LLM, prompt: str | None = None, *, chunked: bool = False,
 async def acomplete(llm: LLM, prompt: str | None = None, **options: Any) -> Result:
     """Runs to the end without blocking the loop; returns what :meth:`rkllm.LLM.complete`
     returns (text, finish reason, token ids, perf)."""
-    stream = llm._start(prompt, mode=ll.MODE_GENERATE, chunked=True, collect=True, **options)
-    astream = AsyncStream(stream)
-    async for _ in astream:
+    stream = llm.start(llm.make_request(prompt, **options), chunked=True, collect=True)
+    async for _ in AsyncStream(stream):
         pass
-    run = stream._run
-    perf = stream.perf
-    assert perf is not None and stream.finish_reason is not None
-    return Result("".join(run.parts), stream.finish_reason, [i for i in run.ids if i >= 0],
-                  perf)
+    return stream.result()

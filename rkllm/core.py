@@ -9,13 +9,26 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rkllm import _lowlevel as ll
 from rkllm import params as P
-from rkllm.errors import ClosedError, ModelLoadError, ParamError
+from rkllm.errors import ClosedError, GenerationError, ModelLoadError, ParamError, ParamTypeError
+from rkllm.request import RunRequest, check_bool, check_int, check_path, check_text
+from rkllm.request import build as build_request
 from rkllm.runtime_finder import load_runtime
-from rkllm.stream import Result, Stream, Tensor, _Run
+from rkllm.stream import Result, Stream, Tensor
+
+if TYPE_CHECKING:
+    from rkllm.modelfile import ModelInfo
+
+
+# The context a model gets when max_context_len is not given: what its file allows, at most
+# this many tokens. The runtime reserves the kv cache for the whole context when it loads the
+# model (for a 7B model without grouped-query attention, about 0.5 MB per token: 2 GB at
+# 4096, 8 GB at 16384), so a larger default would not fit a 4-8 GB board; the vendor's own
+# examples pass 4096 too.
+DEFAULT_CONTEXT_CAP = 4096
 
 
 class CoreLLM:
@@ -33,33 +46,50 @@ class CoreLLM:
                  **kwparams: Any) -> None:
         self._model: ll.Model | None = None
         self._loras: list[str] = []
+        self._embedding_size: int | None = None
+        if runtime is not None and not isinstance(runtime, (str, os.PathLike)):
+            raise ParamTypeError(f"runtime must be a path, a release or \"sim\", got "
+                                 f"{type(runtime).__name__}")
+        if abi is not None:
+            check_text(abi, "abi")
+        check_bool(check_model, "check_model")
         given = dict(params or {})
         for name, value in kwparams.items():
             if name in given:
                 raise ParamError(f"{name} given both in params= and as a keyword")
             given[name] = value
+        self.model_path = check_path(model, "model")
+        if runtime is not None:
+            ll.c_text(os.fspath(runtime), "runtime")
         self.runtime = load_runtime(runtime, abi=abi)
-        self.model_path = os.fspath(model)
-        self.params = P.validate(self.family, given, self.runtime.default_params())
         if not os.path.isfile(self.model_path):
             raise ModelLoadError(f"no such model file: {self.model_path}")
+        from rkllm.modelfile import inspect_model
+
+        info = inspect_model(self.model_path)
+        self._model_facts = {name: value for name in ("max_context_len", "vocab_size")
+                             if isinstance(value := info.value(name), int) and value > 0}
+        defaults = self.runtime.default_params()
+        if "max_context_len" in self._model_facts:
+            defaults["max_context_len"] = min(self._model_facts["max_context_len"],
+                                              DEFAULT_CONTEXT_CAP)
+        self.params = P.validate(self.family, given, defaults)
         if check_model:
-            self._check_model()
+            self._check_model(info)
         self._model = ll.Model(self.runtime, self.model_path, self.params)
 
-    def _check_model(self) -> None:
+    def _check_model(self, info: ModelInfo) -> None:
         """What the file says about itself against this board and runtime, before
         rkllm_init (the rule: rkllm.modelfile.check_compatibility, docs/models.md)."""
         import warnings
 
         from rkllm.machine import board_soc
-        from rkllm.modelfile import check_compatibility, inspect_model
+        from rkllm.modelfile import check_compatibility
 
         # On the simulator the board does not matter, and the simulator itself names a file
         # that is not a simulated model precisely; a real runtime is spared simulated models.
         board = None if self.is_simulator else board_soc()
-        findings = check_compatibility(inspect_model(self.model_path),
-                                       self.release or self.family, board,
+        findings = check_compatibility(info, self.release or self.family, board,
                                        simulator=None if self.is_simulator else False)
         refusals = [f.message for f in findings if f.refuse]
         if refusals:
@@ -85,93 +115,43 @@ class CoreLLM:
         return self.runtime.is_simulator
 
     @property
+    def context_length(self) -> int:
+        """Tokens the context holds (``max_context_len``): as given, else what the model file
+        says, at most DEFAULT_CONTEXT_CAP, else the runtime's default."""
+        return int(self.params["max_context_len"])
+
+    @property
     def closed(self) -> bool:
         return self._model is None or self._model.closed
 
     def _live(self) -> ll.Model:
-        if self._model is None or self._model.closed:
+        if self._model is None:
             raise ClosedError("the model is closed")
+        if self._model.closed:
+            raise ClosedError(self._model.why_closed())
         return self._model
 
-    def _has(self, feature: str) -> bool:
-        return P.family_key(self.family) >= P.family_key(P.RUN_FEATURES[feature])
-
     # ---- generation -------------------------------------------------------------------------
-    def _start(self, prompt: str | None, *, mode: int, chunked: bool, collect: bool,
-               tokens: Sequence[int] | None = None, embeddings: Any = None,
-               n_embed_tokens: int | None = None, image_embeddings: Any = None,
-               n_image_tokens: int | None = None, n_images: int = 1,
-               image_size: tuple[int, int] = (0, 0), image_markers: tuple[str, str, str] | None
-               = None, max_new_tokens: int | None = None, keep_history: bool = False,
-               role: str | None = None, enable_thinking: bool | None = None,
-               lora: str | None = None, save_prompt_cache: str | os.PathLike[str] | None = None,
-               **sampling: Any) -> Stream:
+    def make_request(self, prompt: str | None = None, *, mode: int = ll.MODE_GENERATE,
+                     **options: Any) -> RunRequest:
+        """Checks a run's input and options (see :meth:`generate`) against the loaded release
+        and model; returns the :class:`~rkllm.request.RunRequest` for :meth:`start`."""
+        self._live()
+        return build_request(self.family, self.params, prompt, mode=mode, loras=self._loras,
+                             embedding_size=lambda: self.embedding_size,
+                             vocab_size=self._model_facts.get("vocab_size"), options=options)
+
+    def start(self, request: RunRequest, *, chunked: bool = False,
+              collect: bool = False) -> Stream:
+        """Starts ``request`` and returns its :class:`Stream` (``collect=True`` keeps the
+        text and token ids for :meth:`Stream.result`)."""
+        check_bool(chunked, "chunked")
         model = self._live()
-        fam = self.family
-        kw: dict[str, Any] = {"mode": mode}
-        inputs = [x is not None for x in (tokens, embeddings)]
-        if image_embeddings is not None:
-            if prompt is None:
-                raise ParamError("image_embeddings need a prompt (with the image placeholder)")
-            if n_image_tokens is None:
-                raise ParamError("image_embeddings need n_image_tokens")
-            kw.update(input_type=ll.INPUT_MULTIMODAL, prompt=prompt,
-                      image_embed=image_embeddings, n_image_tokens=n_image_tokens,
-                      n_image=n_images, image_width=image_size[0], image_height=image_size[1])
-            if image_markers is not None:
-                P.require(fam, "image_markers", "image_markers per run")
-                kw.update(zip(("image_start", "image_end", "image_content"), image_markers))
-        elif sum(inputs) + (prompt is not None) != 1:
-            raise ParamError("give exactly one input: a prompt, tokens= or embeddings=")
-        elif prompt is not None:
-            if not isinstance(prompt, str):
-                raise ParamError(f"prompt must be a str, got {type(prompt).__name__}")
-            kw.update(input_type=ll.INPUT_PROMPT, prompt=prompt)
-        elif tokens is not None:
-            ids = list(tokens)
-            if not ids or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-                raise ParamError("tokens must be a non-empty sequence of ints")
-            kw.update(input_type=ll.INPUT_TOKEN, token_ids=ids)
-        else:
-            if not n_embed_tokens or n_embed_tokens < 1:
-                raise ParamError("embeddings need n_embed_tokens (the number of rows)")
-            kw.update(input_type=ll.INPUT_EMBED, embed=embeddings, n_embed_tokens=n_embed_tokens)
-        if max_new_tokens is not None:
-            if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or \
-                    max_new_tokens < 1:
-                raise ParamError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-        limit = max_new_tokens if max_new_tokens is not None else self.params["max_new_tokens"]
-        kw["max_new_tokens"] = max_new_tokens if max_new_tokens is not None else -1
-        if keep_history:
-            P.require(fam, "keep_history")
-            kw["keep_history"] = True
-        if role is not None:
-            P.require(fam, "role")
-            if not isinstance(role, str):
-                raise ParamError(f"role must be a str, got {type(role).__name__}")
-            kw["role"] = role
-        if enable_thinking is not None:
-            P.require(fam, "enable_thinking")
-            if not isinstance(enable_thinking, bool):
-                raise ParamError("enable_thinking must be a bool")
-            kw["enable_thinking"] = enable_thinking
-        if lora is not None:
-            if lora not in self._loras:
-                raise ParamError(f"no LoRA adapter named {lora!r} is loaded (loaded: "
-                                 f"{', '.join(self._loras) or 'none'}); use load_lora first")
-            kw["lora_adapter_name"] = lora
-        if save_prompt_cache is not None:
-            kw["save_prompt_cache_path"] = os.fspath(save_prompt_cache)
-        unknown = set(sampling) - {s.name for s in P.SAMPLING_PARAMS}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise P._unknown(name, fam, [s.name for s in P.SAMPLING_PARAMS] + [
-                "max_new_tokens", "keep_history", "role", "enable_thinking", "lora",
-                "save_prompt_cache", "chunked", "tokens", "embeddings"])
-        kw["sampling"] = P.validate_sampling(fam, sampling, self.params)
-        run = _Run(model, limit=limit, collect=collect, array_kind=mode)
-        model.start(**kw)
-        return Stream(run, chunked)
+        limit = request.max_new_tokens
+        if limit <= 0:
+            limit = int(self.params["max_new_tokens"])
+        return Stream(model, request, limit=limit, context_length=self.context_length,
+                      chunked=chunked, collect=collect)
 
     def generate(self, prompt: str | None = None, *, chunked: bool = False,
                  **options: Any) -> Stream:
@@ -186,28 +166,24 @@ class CoreLLM:
         adapter name given to :meth:`load_lora`), ``save_prompt_cache`` (a file path), and on
         1.3.0 per-run sampling (``top_k``, ``top_p``, ``temperature``, penalties, mirostat).
         """
-        return self._start(prompt, mode=ll.MODE_GENERATE, chunked=chunked, collect=False,
-                           **options)
+        return self.start(self.make_request(prompt, **options), chunked=chunked)
 
     def complete(self, prompt: str | None = None, **options: Any) -> Result:
         """Runs to the end and returns the text, finish reason, token ids and perf."""
-        stream = self._start(prompt, mode=ll.MODE_GENERATE, chunked=True, collect=True,
-                             **options)
-        run = stream._run
+        stream = self.start(self.make_request(prompt, **options), chunked=True, collect=True)
         for _ in stream:
             pass
-        perf = stream.perf
-        assert perf is not None and stream.finish_reason is not None
-        return Result("".join(run.parts), stream.finish_reason,
-                      [i for i in run.ids if i >= 0], perf)
+        return stream.result()
 
     def _array(self, mode: int, prompt: str | None, options: dict[str, Any]) -> Tensor:
-        stream = self._start(prompt, mode=mode, chunked=True, collect=False, **options)
+        stream = self.start(self.make_request(prompt, mode=mode, **options), chunked=True)
         for _ in stream:
             pass
-        tensor = stream._run.array
+        tensor = stream.tensor
         if tensor is None:
-            raise ParamError("the runtime returned no data for this request")
+            raise GenerationError("the runtime returned no data for this request")
+        if mode == ll.MODE_HIDDEN:
+            self._embedding_size = tensor.cols
         return tensor
 
     def logits(self, prompt: str | None = None, **options: Any) -> Tensor:
@@ -218,6 +194,16 @@ class CoreLLM:
     def hidden_states(self, prompt: str | None = None, **options: Any) -> Tensor:
         """The last hidden layer for the input: a rows x embedding_size Tensor."""
         return self._array(ll.MODE_HIDDEN, prompt, options)
+
+    @property
+    def embedding_size(self) -> int:
+        """Floats per row of ``embeddings=`` / ``image_embeddings=`` input. The runtime does
+        not say before a run, so the first use asks it with a one-token hidden-states run
+        (token 0) and keeps the answer; any hidden_states() call also sets it."""
+        if self._embedding_size is None:
+            self.hidden_states(tokens=[0])
+        assert self._embedding_size is not None
+        return self._embedding_size
 
     def abort(self) -> None:
         """Asks a run in progress to stop (from any thread); its stream then ends with
@@ -237,16 +223,26 @@ class CoreLLM:
         P.require(self.family, "clear_kv_cache", "clear_kv_cache")
         if start_pos is not None or end_pos is not None:
             P.require(self.family, "kv_cache_range", "clearing a kv-cache range")
+        check_bool(keep_system_prompt, "keep_system_prompt")
         n = max(1, int(self.params.get("n_batch") or 1))
 
-        def slots(v: Sequence[int] | int | None) -> list[int] | None:
+        def slots(v: Sequence[int] | int | None, what: str) -> list[int] | None:
             if v is None:
                 return None
-            values = [v] * n if isinstance(v, int) else list(v)
-            if len(values) != n:
-                raise ParamError(f"need {n} positions (one per batch slot), got {len(values)}")
-            return values
-        self._live().clear_kv_cache(keep_system_prompt, slots(start_pos), slots(end_pos))
+            if isinstance(v, int) and not isinstance(v, bool):
+                v = [v] * n
+            if not isinstance(v, Sequence):
+                raise ParamTypeError(f"{what} must be an int or a list of ints")
+            if len(v) != n:
+                raise ParamError(f"{what}: need {n} positions (one per batch slot), "
+                                 f"got {len(v)}")
+            return [check_int(x, f"{what}[{i}]", 0) for i, x in enumerate(v)]
+        starts, ends = slots(start_pos, "start_pos"), slots(end_pos, "end_pos")
+        if (starts is None) != (ends is None):
+            raise ParamError("give both start_pos and end_pos, or neither")
+        if starts is not None and ends is not None and any(map(int.__gt__, starts, ends)):
+            raise ParamError(f"start_pos {starts} must not be after end_pos {ends}")
+        self._live().clear_kv_cache(keep_system_prompt, starts, ends)
 
     def kv_cache_size(self) -> list[int]:
         """Tokens held in the kv cache, one number per batch slot (1.2.1+)."""
@@ -257,29 +253,38 @@ class CoreLLM:
                           prompt_postfix: str) -> None:
         """Replaces the model's chat template (1.2.0+)."""
         P.require(self.family, "set_chat_template", "set_chat_template")
-        self._live().set_chat_template(system_prompt, prompt_prefix, prompt_postfix)
+        self._live().set_chat_template(check_text(system_prompt, "system_prompt"),
+                                       check_text(prompt_prefix, "prompt_prefix"),
+                                       check_text(prompt_postfix, "prompt_postfix"))
 
     def set_function_tools(self, system_prompt: str, tools: str | Sequence[Any],
                            tool_response_str: str = "tool_response") -> None:
         """Declares function tools (a JSON string or a list serialised to JSON) (1.2.1+)."""
         P.require(self.family, "set_function_tools", "set_function_tools")
+        if not isinstance(tools, (str, Sequence)):
+            raise ParamTypeError(f"tools must be a JSON string or a list, got "
+                                 f"{type(tools).__name__}")
         text = tools if isinstance(tools, str) else json.dumps(list(tools))
-        self._live().set_function_tools(system_prompt, text, tool_response_str)
+        self._live().set_function_tools(check_text(system_prompt, "system_prompt"),
+                                        check_text(text, "tools"),
+                                        check_text(tool_response_str, "tool_response_str"))
 
     def load_lora(self, path: str | os.PathLike[str], name: str | None = None,
                   scale: float = 1.0) -> str:
         """Loads a LoRA adapter; returns the name to pass as ``generate(lora=...)``."""
-        path = os.fspath(path)
+        path = check_path(path, "path")
         if not os.path.isfile(path):
             raise ModelLoadError(f"no such LoRA adapter file: {path}")
-        name = name or os.path.splitext(os.path.basename(path))[0]
+        name = check_text(name or os.path.splitext(os.path.basename(path))[0], "name")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise ParamTypeError(f"scale must be a number, got {type(scale).__name__}")
         self._live().load_lora(path, name, float(scale))
         self._loras.append(name)
         return name
 
     def load_prompt_cache(self, path: str | os.PathLike[str]) -> None:
         """Loads a prompt cache saved by ``generate(save_prompt_cache=path)``."""
-        path = os.fspath(path)
+        path = check_path(path, "path")
         if not os.path.isfile(path):
             raise ModelLoadError(f"no such prompt cache file: {path}")
         self._live().load_prompt_cache(path)

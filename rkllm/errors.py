@@ -38,6 +38,19 @@ class GenerationError(RKLLMError):
     """``rkllm_run`` failed or the runtime reported an error state while generating."""
 
 
+class ContextLengthError(GenerationError):
+    """The input does not fit the model's context (``max_context_len``). ``n_tokens`` is the
+    input's token count (``estimated`` is True when it was estimated from the text, because
+    the runtime offers no tokenizer) and ``limit`` the context length."""
+
+    def __init__(self, message: str, *, n_tokens: int, limit: int, estimated: bool = False,
+                 code: int | None = None, runtime_message: str | None = None) -> None:
+        super().__init__(message, code=code, runtime_message=runtime_message)
+        self.n_tokens = n_tokens
+        self.limit = limit
+        self.estimated = estimated
+
+
 class ClosedError(RKLLMError):
     """The model (or runtime) was used after ``close()``."""
 
@@ -50,6 +63,10 @@ class ParamError(RKLLMError, ValueError):
     """A parameter has an unknown name, a wrong type or an out-of-range value."""
 
 
+class ParamTypeError(ParamError, TypeError):
+    """A parameter of the wrong type: both a ParamError (as before) and a TypeError."""
+
+
 class ModelNotFoundError(RKLLMError):
     """A model reference (path or ``REPO[:FILE]``) could not be resolved."""
 
@@ -60,6 +77,7 @@ class IntegrityError(RKLLMError):
 
 __all__ = [
     "RKLLMError", "RuntimeNotFoundError", "UnsupportedRuntimeError", "ModelLoadError",
-    "GenerationError", "ClosedError", "BusyError", "ParamError", "ModelNotFoundError",
+    "GenerationError", "ContextLengthError", "ClosedError", "BusyError", "ParamError",
+    "ParamTypeError", "ModelNotFoundError",
     "IntegrityError",
 ]

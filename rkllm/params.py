@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rkllm import _lowlevel as ll
 from rkllm import releases
-from rkllm.errors import ParamError
+from rkllm.errors import ParamError, ParamTypeError
 
 # the one table of the families and of what each family has (rkllm/releases.py)
 FAMILIES = releases.FAMILIES
@@ -91,10 +92,10 @@ MODEL_PARAMS: tuple[Spec, ...] = (
        extend=True),
 )
 
-# Sampling settings a single run may override (family 1.3.0 only).
-SAMPLING_PARAMS = tuple(s for s in MODEL_PARAMS if s.name in (
-    "top_k", "top_p", "temperature", "repeat_penalty", "frequency_penalty", "presence_penalty",
-    "mirostat", "mirostat_tau", "mirostat_eta"))
+# Sampling settings a single run may override (family 1.3.0 only): the shim's
+# rkshim_sampling fields.
+SAMPLING_PARAMS = tuple(s for s in MODEL_PARAMS if s.name in ll.SAMPLING_FIELDS)
+SAMPLING_NAMES = frozenset(s.name for s in SAMPLING_PARAMS)
 
 # Names that exist in rkllm.h but are not set through params, with the reason.
 MANAGED = {
@@ -136,11 +137,13 @@ def check_value(spec: Spec, value: Any, *, cores: int | None = None, where: str 
     kind = spec.kind
     if kind == "bool":
         if not isinstance(value, bool):
-            raise ParamError(f"{label} must be a bool, got {_type_name(value)} {value!r}")
+            raise ParamTypeError(f"{label} must be a bool, got {_type_name(value)} {value!r}")
         return int(value)
     if kind == "str":
         if value is not None and not isinstance(value, str):
-            raise ParamError(f"{label} must be a str, got {_type_name(value)} {value!r}")
+            raise ParamTypeError(f"{label} must be a str, got {_type_name(value)} {value!r}")
+        if value is not None:
+            ll.c_text(value, label)
         return value
     if kind == "cpumask":
         mask = _cpu_mask(label, value)
@@ -154,10 +157,10 @@ def check_value(spec: Spec, value: Any, *, cores: int | None = None, where: str 
         return mask
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamError(f"{label} must be an int, got {_type_name(value)} {value!r}")
+            raise ParamTypeError(f"{label} must be an int, got {_type_name(value)} {value!r}")
     elif kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamError(f"{label} must be a number, got {_type_name(value)} {value!r}")
+            raise ParamTypeError(f"{label} must be a number, got {_type_name(value)} {value!r}")
         value = float(value)
         if math.isnan(value):
             raise ParamError(f"{label} must be a number, got NaN")
@@ -170,7 +173,8 @@ def check_value(spec: Spec, value: Any, *, cores: int | None = None, where: str 
 
 def _cpu_mask(label: str, value: Any) -> int:
     if isinstance(value, bool):
-        raise ParamError(f"{label} must be an int bit mask or a list of core numbers, got bool")
+        raise ParamTypeError(f"{label} must be an int bit mask or a list of core numbers, "
+                             "got bool")
     if isinstance(value, int):
         if value < 0:
             raise ParamError(f"{label} must not be negative, got {value}")
@@ -182,11 +186,14 @@ def _cpu_mask(label: str, value: Any) -> int:
                 raise ParamError(f"{label}: {core!r} is not a CPU core number")
             mask |= 1 << core
         return mask
-    raise ParamError(f"{label} must be an int bit mask or a list of core numbers, "
+    raise ParamTypeError(f"{label} must be an int bit mask or a list of core numbers, "
                      f"got {_type_name(value)} {value!r}")
 
 
-def _unknown(name: str, family: str, candidates: Iterable[str], where: str = "") -> ParamError:
+def unknown_param(name: str, family: str, candidates: Iterable[str], where: str = ""
+                  ) -> ParamError:
+    """The error for a name that is not a parameter here: managed, of another release, or
+    a typo (with the closest valid names)."""
     if name in MANAGED:
         return ParamError(f"{where}{name} cannot be set: {MANAGED[name]}")
     for spec in MODEL_PARAMS:
@@ -211,7 +218,7 @@ def validate(family: str, given: Mapping[str, Any], defaults: Mapping[str, Any],
     for name, value in given.items():
         if name == "extend_param":
             if not isinstance(value, Mapping):
-                raise ParamError(f"extend_param must be a dict, got {_type_name(value)}")
+                raise ParamTypeError(f"extend_param must be a dict, got {_type_name(value)}")
             flat.extend((str(k), v, "extend_param.") for k, v in value.items())
         else:
             flat.append((name, value, ""))
@@ -219,7 +226,7 @@ def validate(family: str, given: Mapping[str, Any], defaults: Mapping[str, Any],
         spec = known.get(name)
         if spec is None or (where and not spec.extend):
             pool = [s.name for s in known.values() if s.extend or not where]
-            raise _unknown(name, family, pool, where)
+            raise unknown_param(name, family, pool, where)
         values[name] = check_value(spec, value, cores=cores, where=where)
     return values
 

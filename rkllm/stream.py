@@ -10,12 +10,13 @@ and the model is ready for the next run.
 from __future__ import annotations
 
 import array
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from rkllm import _lowlevel as ll
-from rkllm.errors import ClosedError, GenerationError
+from rkllm.errors import ClosedError, ContextLengthError, GenerationError
 
 # How long one pull waits before Python gets a chance to see Ctrl-C (signals are handled
 # between bytecodes, and the pull runs with the GIL released).
@@ -96,35 +97,79 @@ def _perf(o: dict[str, Any]) -> Perf:
     )
 
 
+# A prompt's token count is not known before the run (the runtime has no tokenizer call), so
+# a failed run's prompt is measured by this rule of thumb (bytes of UTF-8 per token).
+BYTES_PER_TOKEN = 4
+
+
+def run_error(request: Any, context_length: int, o: dict[str, Any]) -> GenerationError:
+    """The exception for a run the runtime failed: ContextLengthError when the input most
+    likely does not fit the context, else GenerationError; with the runtime's reason when
+    the shim has it."""
+    rc = o["runtime_rc"]
+    # the runtime's own reason, when the shim's outcome carries one (a text field)
+    reason = next((o[n] for n in ll.OUTCOME_TEXT_FIELDS if o[n]), None)
+    what = "the runtime reported an error during generation" + (
+        f" (rkllm_run returned {rc})" if rc else "")
+    if request.prompt is None or context_length <= 0:
+        return GenerationError(what, code=rc or None, runtime_message=reason)
+    estimate = -(-len(request.prompt.encode("utf-8")) // BYTES_PER_TOKEN)
+    estimate += (request.n_image_tokens or 0) * (request.n_image or 1)
+    fits = (f"the prompt is about {estimate} tokens (estimated from its length) and the "
+            f"context holds {context_length} (max_context_len)")
+    if estimate >= context_length:
+        return ContextLengthError(
+            f"the prompt does not fit the context: {fits}; shorten it or load the model with "
+            f"a larger max_context_len ({what})", n_tokens=estimate, limit=context_length,
+            estimated=True, code=rc or None, runtime_message=reason)
+    return GenerationError(f"{what}; {fits}", code=rc or None, runtime_message=reason)
+
+
 class _Run:
     """One run's state, shared by a Stream and its generator (the generator never refers to
-    the Stream, so dropping either one ends the run at once, without waiting for the GC)."""
+    the Stream, so dropping either one ends the run at once, without waiting for the GC).
+    It is the session's owner for ll.Model (see there): ``ended`` set means "let go"."""
 
-    def __init__(self, model: ll.Model, *, limit: int, collect: bool, array_kind: int) -> None:
-        self.model = model
+    def __init__(self, model: ll.Model, request: Any, *, limit: int, context_length: int,
+                 collect: bool) -> None:
+        self.ended = False
+        self.model = model  # held: the model outlives every run it started
+        self.request = request
         self.limit = limit  # effective max_new_tokens (<= 0: none known)
+        self.context_length = context_length
         self.collect = collect
-        self.array_kind = array_kind
+        self.array_kind = request.mode
         self.parts: list[str] = []
         self.ids: list[int] = []
         self.array: Tensor | None = None
         self.outcome: dict[str, Any] | None = None
-        self.ended = False
 
     def end(self, timeout_ms: int = 60000) -> None:
         """Ends the session (aborting a run still going); idempotent. With a short timeout
         a runtime slow to stop is left to the model (its next call waits for it)."""
         if self.ended:
             return
-        self.ended = True
+        self.ended = True  # an interrupt from here on leaves a session the model reaps
         try:
-            self.outcome = self.model.end(timeout_ms)
+            self.outcome = self.model.end(self, timeout_ms)
         except ClosedError:
             self.outcome = None
         except GenerationError:
             if timeout_ms >= 60000:
                 raise
             self.outcome = None
+
+    def __del__(self) -> None:
+        # the last of the Stream and its generator is gone: nobody will read this run
+        if not getattr(self, "ended", True):
+            with contextlib.suppress(Exception):
+                self.end(INTERRUPT_WAIT_MS)
+
+    def keep(self, text: str) -> None:
+        """Keeps a batch's text and token ids when collecting (for Stream.result)."""
+        if self.collect:
+            self.parts.append(text)
+            self.ids.extend(self.model.pull_ids())
 
     def finish(self) -> None:
         """After the last batch: keep the arrays, end the session, report a failed run."""
@@ -135,10 +180,7 @@ class _Run:
         self.end()
         o = self.outcome
         if o is not None and o["status"] == ll.RUN_ERROR:
-            rc = o["runtime_rc"]
-            raise GenerationError("the runtime reported an error during generation"
-                                  + (f" (rkllm_run returned {rc})" if rc else ""),
-                                  code=rc or None)
+            raise run_error(self.request, self.context_length, o)
 
     @property
     def finish_reason(self) -> str | None:
@@ -156,26 +198,25 @@ class _Run:
         return "error"
 
 
-def _pieces(run: _Run, chunked: bool) -> Iterator[str]:
+def _split(text: str, ends: list[int]) -> list[str]:
+    """The one place where a batch becomes pieces: one per token that completed a character
+    (``ends`` are code-point offsets; equal neighbours mean a token that completed none)."""
+    return [text[a:b] for a, b in zip([0, *ends], ends) if a != b]
+
+
+def _pieces(run: _Run, chunked: bool) -> Generator[str, None, None]:
     model = run.model
     pull = model.pull
-    collect = run.collect
+    keep = run.keep
     try:
         while True:
             text, ends, done = pull(POLL_MS)
             if ends:
-                if collect:
-                    run.parts.append(text)
-                    run.ids.extend(model.pull_ids())
-                if chunked:
-                    if text:
-                        yield text
-                else:
-                    prev = 0
-                    for end in ends:
-                        if end != prev:
-                            yield text[prev:end]
-                            prev = end
+                keep(text)
+                if not chunked:
+                    yield from _split(text, ends)
+                elif text:
+                    yield text
             if done:
                 break
         run.finish()
@@ -188,31 +229,36 @@ def _pieces(run: _Run, chunked: bool) -> Iterator[str]:
 
 class Stream:
     """The pieces of one generation, as an iterator of ``str`` (one per token, or one per
-    batch with ``chunked=True``). The run starts when the stream is made; iterate it once.
+    batch with ``chunked=True``). The run starts when the stream is made (by
+    :meth:`rkllm.core.CoreLLM.generate` or ``start``); iterate it once.
 
-    After the loop: :attr:`finish_reason`, :attr:`perf`, :attr:`n_tokens`. For event loops:
-    :meth:`fileno` and :meth:`read_nowait`.
+    After the loop: :attr:`finish_reason`, :attr:`perf`, :attr:`n_tokens`, :meth:`result`.
+    For event loops: :meth:`fileno` and :meth:`read_nowait`. The stream holds its model:
+    the model is not freed before the stream is.
     """
 
-    def __init__(self, run: _Run, chunked: bool) -> None:
-        self._run = run
+    def __init__(self, model: ll.Model, request: Any, *, limit: int = -1,
+                 context_length: int = 0, chunked: bool = False, collect: bool = False) -> None:
+        self._gen: Generator[str, None, None] | None = None  # held when used by next()
+        self._looped = False  # __iter__ gave a generator to a loop: it owns the run
         self._chunked = chunked
-        self._gen: Iterator[str] | None = None  # held only when used through next()
-        self._handed_out = False
+        run = _Run(model, request, limit=limit, context_length=context_length,
+                   collect=collect)
+        self._run = run
+        model.start(request, run)
 
     def __iter__(self) -> Iterator[str]:
         if self._gen is not None:
             return self._gen
-        if self._handed_out:
+        if self._looped:
             raise RuntimeError("a Stream can be iterated only once")
-        self._handed_out = True
+        self._looped = True
         return _pieces(self._run, self._chunked)
 
     def __next__(self) -> str:
         if self._gen is None:
-            if self._handed_out:
+            if self._looped:
                 raise RuntimeError("this Stream is already being iterated")
-            self._handed_out = True
             self._gen = _pieces(self._run, self._chunked)
         return next(self._gen)
 
@@ -222,6 +268,12 @@ class Stream:
         if gen is not None and hasattr(gen, "close"):
             gen.close()
         self._run.end()
+
+    def cancel(self, wait_ms: int = INTERRUPT_WAIT_MS) -> None:
+        """Aborts the run and ends it, waiting at most ``wait_ms`` for the runtime (one that
+        is slow to stop is waited for by the model's next call instead): for event loops,
+        which must not stall."""
+        self._run.end(wait_ms)  # its first step marks the run let go (see _Run.end)
 
     def abort(self) -> None:
         """Asks the runtime to stop; the loop then ends with finish_reason "abort". Safe
@@ -239,12 +291,11 @@ class Stream:
         self.close()
 
     def __del__(self) -> None:
-        # an iterator handed to a for loop ends the run itself when the loop lets go of it
-        if self._gen is not None or not self._handed_out:
-            try:
+        # a generator handed to a for loop ends the run itself when the loop lets go of it;
+        # otherwise (next(), read_nowait(), never read) the stream ends it
+        if getattr(self, "_run", None) is not None and not self._looped:
+            with contextlib.suppress(Exception):
                 self.close()
-            except Exception:
-                pass
 
     @property
     def done(self) -> bool:
@@ -265,6 +316,23 @@ class Stream:
         o = self._run.outcome
         return 0 if o is None else int(o["n_tokens"])
 
+    @property
+    def tensor(self) -> Tensor | None:
+        """The hidden states or logits of a hidden_states/logits run, once it has ended."""
+        return self._run.array
+
+    def result(self) -> Result:
+        """The whole run (text, finish reason, token ids, perf) once it has ended; for a
+        stream started with ``collect=True``."""
+        run = self._run
+        perf = self.perf
+        reason = run.finish_reason
+        if perf is None or reason is None:
+            if run.model.closed:
+                raise ClosedError("the model was closed during the run")
+            raise GenerationError("the run ended without the runtime saying how")
+        return Result("".join(run.parts), reason, [i for i in run.ids if i >= 0], perf)
+
     # --- the hook for event loops (rkllm.aio) ---------------------------------------------
     def fileno(self) -> int:
         """An eventfd that is readable whenever :meth:`read_nowait` has something new (or the
@@ -277,27 +345,20 @@ class Stream:
         run = self._run
         if run.ended:
             return None
-        self._handed_out = True
+        if self._looped or self._gen is not None:
+            raise RuntimeError("this Stream is already being iterated")
         try:
             text, ends, done = run.model.pull(0)
+            pieces = []
+            if ends:
+                run.keep(text)
+                pieces = [text] if self._chunked else _split(text, ends)
+            if done:
+                run.finish()
+        except KeyboardInterrupt:
+            run.end(INTERRUPT_WAIT_MS)
+            raise
         except BaseException:
             run.end()
             raise
-        pieces: list[str] = []
-        if ends:
-            if run.collect:
-                run.parts.append(text)
-                run.ids.extend(run.model.pull_ids())
-            if self._chunked:
-                pieces.append(text)
-            else:
-                prev = 0
-                for end in ends:
-                    if end != prev:
-                        pieces.append(text[prev:end])
-                        prev = end
-        if done:
-            run.finish()
-            if not pieces:
-                return None
-        return pieces
+        return None if done and not pieces else pieces

@@ -15,6 +15,14 @@ from rkllm.errors import (
     RuntimeNotFoundError,
     UnsupportedRuntimeError,
 )
+from rkllm.request import RunRequest
+
+
+class Owner:
+    """The owner of a generation session, as rkllm.stream's run state is."""
+
+    ended = False
+
 
 SIM_RELEASE = {"1.1.0": "1.1.4", "1.2.0": "1.2.0", "1.2.1": "1.2.3", "1.3.0": "1.3.0"}
 
@@ -193,7 +201,7 @@ def test_close_is_idempotent_and_final(sim_lib: str, demo_model: str, quiet_sim:
     m.close()
     assert m.closed
     with pytest.raises(ClosedError):
-        m.start(input_type=ll.INPUT_PROMPT, prompt="hi")
+        m.start(RunRequest(ll.INPUT_PROMPT, ll.MODE_GENERATE, prompt="hi"), Owner())
     with pytest.raises(ClosedError):
         m.release_prompt_cache()
 
@@ -210,17 +218,19 @@ def test_init_failure_carries_the_runtime_message(sim_lib: str, tmp_path: Path,
 
 def test_generation_end_to_end(sim_lib: str, demo_model: str, quiet_sim: None) -> None:
     m = ll.Model(ll.open_runtime(sim_lib), demo_model, _params(sim_lib))
-    m.start(input_type=ll.INPUT_PROMPT, prompt="Tell me about the sea.", max_new_tokens=12)
+    owner = Owner()
+    m.start(RunRequest(ll.INPUT_PROMPT, ll.MODE_GENERATE, prompt="Tell me about the sea.",
+                       max_new_tokens=12), owner)
     pieces, n, done = [], 0, False
     while not done:
         text, ends, done = m.pull(1000)
         n += len(ends)
         pieces.append(text)
-    outcome = m.end()
+    outcome = m.end(owner)
     assert outcome is not None and outcome["status"] == ll.RUN_LENGTH
     assert outcome["n_tokens"] == n == 12
     assert "".join(pieces)
-    assert m.end() is None  # already ended
+    assert m.end(owner) is None  # already ended
     m.close()
 
 

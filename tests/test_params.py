@@ -9,6 +9,7 @@ import pytest
 
 import rkllm
 from rkllm import params as P
+from rkllm.core import DEFAULT_CONTEXT_CAP
 from rkllm.errors import ParamError
 
 DEFAULTS = {"max_context_len": 512, "top_k": 40, "enabled_cpus_mask": 0, "n_batch": 1}
@@ -111,6 +112,8 @@ def test_llm_defaults_come_from_the_runtime(family: str, demo_model: str,
     with rkllm.LLM(demo_model, runtime=f"sim:{family}", top_k=1) as llm:
         expected = rt.default_params()
         expected["top_k"] = 1
+        # the context: what the model file allows (16384), capped (issue 12 #2)
+        expected["max_context_len"] = DEFAULT_CONTEXT_CAP
         assert llm.params == expected
 
 

@@ -173,7 +173,7 @@ class Repl:
         else:
             sampling = {s.name: s for s in P.SAMPLING_PARAMS}
             if name not in sampling:
-                raise P._unknown(name, llm.family, ["max_new_tokens", *sampling])
+                raise P.unknown_param(name, llm.family, ["max_new_tokens", *sampling])
             kind = sampling[name].kind
             try:
                 value = int(text) if kind == "int" else float(text)
