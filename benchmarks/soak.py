@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=1_000_000)
     parser.add_argument("--cycles", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="50,000 tokens and 100 cycles")
-    parser.add_argument("--rss-mb", type=float, default=16.0,
-                        help="allowed RSS growth after the warm-up (default 16 MB)")
+    parser.add_argument("--rss-mb", type=float, default=8.0,
+                        help="allowed RSS growth after the warm-up (default 8 MB)")
     parser.add_argument("--fds", type=int, default=0, help="allowed fd growth (default 0)")
     parser.add_argument("--threads", type=int, default=0,
                         help="allowed thread growth (default 0)")
