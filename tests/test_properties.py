@@ -505,11 +505,14 @@ def test_cli_run_arguments_give_an_answer_or_one_clear_error(env: None, words: l
 
     argv = ["run", "demo", *words, *(part for option in options for part in option)]
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
+    stdin, sys.stdin = sys.stdin, io.StringIO("")  # no PROMPT word: the prompt is read here
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             rc = main(argv)
-        except SystemExit as exc:  # argparse's usage errors
-            rc = exc.code if isinstance(exc.code, int) else 2
+    except SystemExit as exc:  # argparse's usage errors
+        rc = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        sys.stdin = stdin
     assert rc in (0, 1, 2), f"rkllm {argv!r} exited {rc}"
     assert "Traceback" not in err.getvalue(), err.getvalue()
     if rc:

@@ -4,7 +4,8 @@ asyncio cancellation and break, real SIGINT and KeyboardInterrupt injected at ev
 the call path, interpreter exit mid-run, many models and threads at once.
 
 After every iteration the model must take a new request at once (never stuck busy) and answer
-it exactly as a fresh model does. What may crash or hang runs in a child interpreter.
+it exactly as a fresh model does. Every test runs in a child interpreter (a crash or hang
+fails that test, with the child's output, and not the whole pytest run).
 Test names carry the number of the finding they guard (docs/reliability.md).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -48,20 +50,6 @@ def race_env() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def ref(race_env: None) -> str:
-    return reference()
-
-
-@pytest.fixture
-def llm(race_env: None) -> Iterator[rkllm.LLM]:
-    model = load()
-    try:
-        yield model
-    finally:
-        model.close()
-
-
 def _read(stream: Any, k: int) -> int:
     """Reads up to k + 1 pieces, then leaves the loop; returns how many were read."""
     n = 0
@@ -72,10 +60,33 @@ def _read(stream: Any, k: int) -> int:
     return n
 
 
+# Cases run in a child interpreter each (a crash or hang there fails its test, not pytest);
+# a case gets a fresh model and the reference answer.
+CASES: dict[str, Callable[[rkllm.LLM, str], None]] = {}
+
+
+def case(fn: Callable[[rkllm.LLM, str], None]) -> Callable[[rkllm.LLM, str], None]:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def run_case(name: str) -> None:
+    """The child's side of :func:`in_child`."""
+    ref = reference()
+    with load() as llm:
+        CASES[name](llm, ref)
+    print("ok")
+
+
+def in_child(name: str) -> None:
+    run_child("import sys, test_races as t; t.run_case(sys.argv[1])", timeout=240,
+              env=RACE_ENV, args=(name,))
+
+
 # ---- break, drop, read_nowait ------------------------------------------------------------
 
-@pytest.mark.timeout(300)
-def test_break_at_random_points_leaves_model_ready(llm: rkllm.LLM, ref: str) -> None:
+@case
+def break_at_random_points(llm: rkllm.LLM, ref: str) -> None:
     rng = random.Random(1)
     for i in range(iterations(300)):
         k = rng.randrange(0, 40)
@@ -95,7 +106,12 @@ def test_break_at_random_points_leaves_model_ready(llm: rkllm.LLM, ref: str) -> 
 
 
 @pytest.mark.timeout(300)
-def test_finding9_dropping_stream_after_read_nowait_ends_run(llm: rkllm.LLM, ref: str) -> None:
+def test_break_at_random_points_leaves_model_ready(race_env: None) -> None:
+    in_child("break_at_random_points")
+
+
+@case
+def drop_after_read_nowait(llm: rkllm.LLM, ref: str) -> None:
     rng = random.Random(9)
     for i in range(iterations(300)):
         stream = llm.generate(PROMPT, max_new_tokens=LONG)
@@ -104,6 +120,11 @@ def test_finding9_dropping_stream_after_read_nowait_ends_run(llm: rkllm.LLM, ref
             time.sleep(rng.random() * 0.002)
         del stream
         assert_usable(llm, ref, f"dropping a stream read with read_nowait (iteration {i})")
+
+
+@pytest.mark.timeout(300)
+def test_finding9_dropping_stream_after_read_nowait_ends_run(race_env: None) -> None:
+    in_child("drop_after_read_nowait")
 
 
 # ---- close() from another thread ---------------------------------------------------------
@@ -141,15 +162,19 @@ def _close_race(rng: random.Random, use_generate: bool) -> tuple[str, float]:
     return ended[0], took
 
 
-@pytest.mark.timeout(300)
-def test_finding10_close_from_another_thread_raises_closed_error(ref: str) -> None:
+@case
+def close_from_another_thread(llm: rkllm.LLM, ref: str) -> None:
     rng = random.Random(10)
     for i in range(iterations(400)):
         how, _ = _close_race(rng, use_generate=bool(i % 2))
         assert how == "closed", (f"iteration {i} ({'generate' if i % 2 else 'complete'}): "
                                  f"the call racing close() ended with {how}, not ClosedError")
-    with load() as fresh:
-        assert_usable(fresh, ref, "the close() races")
+    assert_usable(llm, ref, "the close() races of other models")
+
+
+@pytest.mark.timeout(300)
+def test_finding10_close_from_another_thread_raises_closed_error(race_env: None) -> None:
+    in_child("close_from_another_thread")
 
 
 # ---- garbage collection (finding 4) ------------------------------------------------------
@@ -209,8 +234,8 @@ async def _assert_usable_async(llm: rkllm.LLM, ref: str, context: str) -> None:
     assert got == ref, f"answer changed after {context}: {got!r}"
 
 
-@pytest.mark.timeout(300)
-def test_finding8_break_out_of_async_for_ends_run(llm: rkllm.LLM, ref: str) -> None:
+@case
+def break_out_of_async_for(llm: rkllm.LLM, ref: str) -> None:
     rng = random.Random(8)
 
     async def main() -> None:
@@ -227,7 +252,12 @@ def test_finding8_break_out_of_async_for_ends_run(llm: rkllm.LLM, ref: str) -> N
 
 
 @pytest.mark.timeout(300)
-def test_asyncio_cancellation_at_random_times(llm: rkllm.LLM, ref: str) -> None:
+def test_finding8_break_out_of_async_for_ends_run(race_env: None) -> None:
+    in_child("break_out_of_async_for")
+
+
+@case
+def asyncio_cancellation(llm: rkllm.LLM, ref: str) -> None:
     rng = random.Random(18)
 
     async def consume() -> None:
@@ -252,6 +282,11 @@ def test_asyncio_cancellation_at_random_times(llm: rkllm.LLM, ref: str) -> None:
                                                  f"(iteration {i})")
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(300)
+def test_asyncio_cancellation_at_random_times(race_env: None) -> None:
+    in_child("asyncio_cancellation")
 
 
 # ---- Ctrl-C (finding 3) ------------------------------------------------------------------
@@ -405,14 +440,6 @@ def _acomplete(llm: rkllm.LLM) -> None:
     asyncio.run(llm.acomplete(PROMPT, max_new_tokens=REF_TOKENS))
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("call", [_complete, _generate, _acomplete],
-                         ids=["complete", "generate", "acomplete"])
-def test_finding3_keyboard_interrupt_at_every_line(llm: rkllm.LLM, ref: str,
-                                                   call: Callable[[rkllm.LLM], None]) -> None:
-    _interrupt_every_line(llm, ref, call)
-
-
 CHAT = [{"role": "system", "content": "You answer like a pirate."},
         {"role": "user", "content": "Name a river."},
         {"role": "assistant", "content": "The Nile."},
@@ -428,11 +455,22 @@ def _chat_stream(llm: rkllm.LLM) -> None:
         pass
 
 
+for _name, _call in {"complete": _complete, "generate": _generate, "acomplete": _acomplete,
+                     "chat_completion": _chat, "chat_completion_stream": _chat_stream}.items():
+    CASES[f"every_line_{_name}"] = functools.partial(_interrupt_every_line, call=_call)
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("call", [_chat, _chat_stream], ids=["dict", "stream"])
+@pytest.mark.parametrize("call", ["complete", "generate", "acomplete"])
+def test_finding3_keyboard_interrupt_at_every_line(race_env: None, call: str) -> None:
+    in_child(f"every_line_{call}")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("call", ["chat_completion", "chat_completion_stream"])
 def test_finding3_keyboard_interrupt_in_chat_completion_leaves_no_template(
-        llm: rkllm.LLM, ref: str, call: Callable[[rkllm.LLM], None]) -> None:
-    _interrupt_every_line(llm, ref, call)
+        race_env: None, call: str) -> None:
+    in_child(f"every_line_{call}")
 
 
 # ---- interpreter exit mid-run ------------------------------------------------------------
@@ -505,8 +543,8 @@ def _in_threads(n: int, work: Callable[[int], None], timeout: float) -> None:
     assert not errors, "\n".join(errors[:20])
 
 
-@pytest.mark.timeout(300)
-def test_eight_models_in_eight_threads(ref: str) -> None:
+@case
+def eight_models(llm: rkllm.LLM, ref: str) -> None:
     def work(i: int) -> None:
         rng = random.Random(100 + i)
         with load() as model:
@@ -515,11 +553,17 @@ def test_eight_models_in_eight_threads(ref: str) -> None:
                     _read(model.generate(PROMPT, max_new_tokens=LONG), rng.randrange(0, 30))
                 assert_usable(model, ref, f"model {i}, iteration {j}")
 
-    _in_threads(8, work, timeout=240)
+    _in_threads(8, work, timeout=200)
+    assert_usable(llm, ref, "eight other models in threads")
 
 
 @pytest.mark.timeout(300)
-def test_two_threads_on_one_model_get_busy_or_the_answer(llm: rkllm.LLM, ref: str) -> None:
+def test_eight_models_in_eight_threads(race_env: None) -> None:
+    in_child("eight_models")
+
+
+@case
+def two_threads_one_model(llm: rkllm.LLM, ref: str) -> None:
     def work(i: int) -> None:
         rng = random.Random(200 + i)
         for _ in range(iterations(300)):
@@ -534,3 +578,8 @@ def test_two_threads_on_one_model_get_busy_or_the_answer(llm: rkllm.LLM, ref: st
 
     _in_threads(2, work, timeout=240)
     assert_usable(llm, ref, "two threads racing on one model")
+
+
+@pytest.mark.timeout(300)
+def test_two_threads_on_one_model_get_busy_or_the_answer(race_env: None) -> None:
+    in_child("two_threads_one_model")
