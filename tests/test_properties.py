@@ -148,6 +148,14 @@ def test_finding6_prompt_text(env: None, ref: str, prompt: str) -> None:
         assert_usable(llm, ref, f"prompt {prompt[:60]!r}")
 
 
+def _chat_turn(llm: rkllm.LLM, system: str) -> None:
+    session = ChatSession(llm, system)
+    try:
+        session.send("Hi", stream=False, max_new_tokens=4)
+    finally:
+        session.close()
+
+
 Site = tuple[Callable[[rkllm.LLM, str], object], tuple[str, ...]]
 
 
@@ -172,7 +180,7 @@ def _string_sites(tmp: str) -> dict[str, Site]:
         "set_function_tools.tools": (lambda m, s: m.set_function_tools("", s), ("tools",)),
         "set_function_tools.tool_response_str": (
             lambda m, s: m.set_function_tools("", "[]", s), ("tool_response_str",)),
-        "ChatSession.system": (lambda m, s: ChatSession(m, s).close(), ("system",)),
+        "ChatSession.system": (lambda m, s: _chat_turn(m, s), ("system",)),
         "message content": (lambda m, s: m.create_chat_completion(
             [{"role": "user", "content": s}], max_tokens=4), ("messages", "content")),
         "runtime path": (lambda m, s: rkllm.LLM(demo, runtime=lib + s).close(), ("runtime",)),
@@ -438,15 +446,17 @@ def image_property(examples: int) -> None:
                 "Describe <image> briefly.", image_embeddings=data, n_image_tokens=tokens,
                 n_images=images, image_size=image_size, max_new_tokens=4))
             counts = [v for v in (tokens, images)
-                      if isinstance(v, int) and not isinstance(v, bool) and v >= 1]
+                      if isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**31]
             good_size = isinstance(image_size, tuple) and len(image_size) == 2 and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in image_size)
-            if not good_size:
+            names = ("image_embeddings", "n_image_tokens", "n_images", "float32", "image_size")
+            if not good_size and len(counts) == 2:
                 refused(exc, "image_size")
+            elif not good_size:
+                refused(exc, *names)  # the error may name whichever problem it met first
             else:
                 _check_buffer(exc, data, tokens * images * EMBED_SIZE if len(counts) == 2
-                              else None, ("image_embeddings", "n_image_tokens", "n_images",
-                                          "float32"))
+                              else None, names)
             assert_usable(llm, ref, "an image input")
 
         prop()
