@@ -375,6 +375,8 @@ class _Injector:
             self.count += 1
             if self.count == self.at:
                 self.where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+                # the last line the child printed tells where a crash came from
+                print(f"Ctrl-C at {self.where}", file=sys.stderr, flush=True)
                 raise KeyboardInterrupt
         return self.lines
 
