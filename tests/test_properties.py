@@ -7,7 +7,7 @@ ParamError / ValueError, TypeError) that names the problem; any other exception 
 the property. Each example gets a fresh model (so a failure blames the example that caused
 it), and after the call that model must answer exactly as a fresh one does.
 Buffers that may be read out of bounds (finding 1) go through a child interpreter, so that a
-crash fails its test only. ``@example`` rows are the issue's reproductions.
+crash fails its test only. ``@example`` rows are the reproductions of the findings.
 """
 
 from __future__ import annotations

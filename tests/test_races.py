@@ -191,7 +191,7 @@ for i in range(int(sys.argv[1])):
     s = llm.generate(PROMPT, max_new_tokens=LONG)
     for _ in range(rng.randrange(1, 5)):
         next(s)
-    if how == "model+stream cycle":  # the issue's repro
+    if how == "model+stream cycle":  # finding 4's reproduction
         box = [llm, s]
         box.append(box)
         del llm, s, box
