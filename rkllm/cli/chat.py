@@ -284,7 +284,7 @@ class Repl:
     # ---- answers --------------------------------------------------------------------------
     def answer(self, text: str) -> None:
         from rkllm.cli.output import fail
-        from rkllm.cli.run import _report, with_context_hint
+        from rkllm.cli.run import print_timings, with_context_hint
         from rkllm.errors import RKLLMError
 
         started = time.perf_counter()
@@ -310,7 +310,7 @@ class Repl:
         self.stdout.write("\n\n" if self.interactive else "\n")
         self.stdout.flush()
         if self.verbose and reply is not None:
-            _report(time.perf_counter() - started + self.load_s, self.load_s, reply,
+            print_timings(time.perf_counter() - started + self.load_s, self.load_s, reply,
                     self.stderr)
             if self.interactive:
                 print(file=self.stderr)

@@ -197,7 +197,7 @@ def _ms(ms: float) -> str:
     return f"{ms / 1000:.3f}s" if ms >= 1000 else f"{ms:.2f}ms"
 
 
-def _report(total_s: float, load_s: float, stream: Any, stderr: Any) -> None:
+def print_timings(total_s: float, load_s: float, stream: Any, stderr: Any) -> None:
     perf = stream.perf
     rows = [("total duration", _ms(total_s * 1000)), ("load duration", _ms(load_s * 1000))]
     if perf is not None:
@@ -249,5 +249,5 @@ def cmd_run(args: argparse.Namespace) -> int:
         out.write("\n")
         out.flush()
     if args.verbose:
-        _report(time.perf_counter() - started, loaded - started, stream, sys.stderr)
+        print_timings(time.perf_counter() - started, loaded - started, stream, sys.stderr)
     return 0
