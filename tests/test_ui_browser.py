@@ -190,7 +190,9 @@ def test_phone_sized_screen_and_busy_server(browser: Any, server: ServeProcess,
             for line in lines:                  # the other answer has its turn: text comes
                 if '"content":"' in line and '"content":""' not in line:
                     break
-            send(page, "Am I served?")
+            # (not send(): the refused answer's placeholder may be gone before it is seen)
+            page.locator("#prompt").fill("Am I served?")
+            page.locator("#prompt").press("Enter")
             page.wait_for_selector(".msg.error")
             assert "busy" in page.locator(".msg.error").inner_text().lower()
         page.context.close()
