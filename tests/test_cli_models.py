@@ -146,3 +146,14 @@ def test_clean(hub: FakeHub, tmp_path: Path) -> None:
     assert not partial.exists()
     assert len(json.loads(rkllm(hub, home, "list", "--json").stdout)) == 1
     assert "nothing to clean" in rkllm(hub, home, "clean").stdout
+
+
+def test_info_says_which_context_is_used(capsys: pytest.CaptureFixture[str]) -> None:
+    from rkllm.cli import main
+    from rkllm.core import DEFAULT_CONTEXT_CAP
+
+    assert main(["info", "demo"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("context used"))
+    # the demo model file allows 16384: the default is the cap, and the line says why
+    assert f"{DEFAULT_CONTEXT_CAP} tokens" in line and "16384" in line

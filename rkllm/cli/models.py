@@ -160,6 +160,12 @@ def gather_info(model: str, revision: str | None = None) -> dict[str, Any]:
         out["inspect"] = info.to_dict()
         out["compatibility"] = [{"level": f.level, "message": f.message}
                                 for f in check_compatibility(info, release, board)]
+        allowed = info.value("max_context_len")
+        if isinstance(allowed, int) and allowed > 0:
+            from rkllm.core import DEFAULT_CONTEXT_CAP
+
+            out["context_used"] = {"tokens": min(allowed, DEFAULT_CONTEXT_CAP),
+                                   "model_file": allowed, "cap": DEFAULT_CONTEXT_CAP}
     elif file:
         facts = {**facts_from_name(repo or "", "repo"), **facts_from_name(file, "filename")}
         out["inspect"] = {"path": None, "size": None, "format": "not downloaded",
@@ -207,6 +213,12 @@ def _print_info(data: dict[str, Any]) -> None:
                 for f in hub["model_files"]:
                     size = human_size(f["size"]) if f.get("size") is not None else "?"
                     print(f"  {f['file']}  ({size})")
+    ctx = data.get("context_used")
+    if ctx:
+        line("context used", f"{ctx['tokens']} tokens",
+             "the model file's limit" if ctx["tokens"] == ctx["model_file"] else
+             f"by default: the model file allows {ctx['model_file']}, rkllm-cffi caps it at "
+             f"{ctx['cap']} (--max-context-len / max_context_len= sets it)")
     board = data["board"]
     line("this board", f"{board['platform'] or 'no NPU'}, runtime "
                        f"{board['runtime_release'] or 'not found'}")
