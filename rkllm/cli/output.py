@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from rkllm.errors import RKLLMError
+from rkllm.machine import human_size  # noqa: F401  (the verbs' size helper, defined there)
 
 
 def use_colour(stream: IO[str]) -> bool:
@@ -23,15 +24,6 @@ def paint(text: str, colour: str, stream: IO[str] | None = None) -> str:
     if not use_colour(stream or sys.stdout):
         return text
     return f"\033[{codes[colour]}m{text}\033[0m"
-
-
-def human_size(n: int | float) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str],
