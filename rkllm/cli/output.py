@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from rkllm.errors import RKLLMError
-from rkllm.machine import human_size  # noqa: F401  (the verbs' size helper, defined there)
+from rkllm.machine import human_size as human_size  # the verbs use it from here
 
 
 def use_colour(stream: IO[str]) -> bool:
