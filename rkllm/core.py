@@ -170,15 +170,18 @@ class CoreLLM:
 
     def complete(self, prompt: str | None = None, **options: Any) -> Result:
         """Runs to the end and returns the text, finish reason, token ids and perf."""
-        stream = self.start(self.make_request(prompt, **options), chunked=True, collect=True)
-        for _ in stream:
-            pass
+        request = self.make_request(prompt, **options)
+        # one line from the start to the with: an interrupt anywhere after the start ends it
+        with self.start(request, chunked=True, collect=True) as stream:
+            for _ in stream:
+                pass
         return stream.result()
 
     def _array(self, mode: int, prompt: str | None, options: dict[str, Any]) -> Tensor:
-        stream = self.start(self.make_request(prompt, mode=mode, **options), chunked=True)
-        for _ in stream:
-            pass
+        request = self.make_request(prompt, mode=mode, **options)
+        with self.start(request, chunked=True) as stream:  # as in complete()
+            for _ in stream:
+                pass
         tensor = stream.tensor
         if tensor is None:
             raise GenerationError("the runtime returned no data for this request")
