@@ -14,7 +14,8 @@ import contextlib
 import weakref
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from types import GeneratorType
+from typing import Any, cast
 
 from rkllm import _lowlevel as ll
 from rkllm.errors import ClosedError, ContextLengthError, GenerationError
@@ -145,7 +146,7 @@ class _Run:
         self.ids: list[int] = []
         self.array: Tensor | None = None
         self.outcome: dict[str, Any] | None = None
-        self.reader: weakref.ReferenceType[Generator[str, None, None]] | None = None
+        self.reader: weakref.ReferenceType[GeneratorType[str, None, None]] | None = None
 
     def holds(self) -> bool:
         """Whether the run can still be read: not ended, and its generator (once one was
@@ -163,7 +164,7 @@ class _Run:
     def read(self, chunked: bool) -> Generator[str, None, None]:
         """The run's pieces, as a generator that ends the run when it stops."""
         gen = _pieces(self, chunked)
-        self.reader = weakref.ref(gen)
+        self.reader = weakref.ref(cast("GeneratorType[str, None, None]", gen))
         return gen
 
     def end(self, timeout_ms: int = 60000) -> None:
