@@ -282,9 +282,9 @@ class Model:
     """One loaded model. Methods map 1:1 to the shim's ``rkshim_model_*`` functions.
 
     Ownership of a generation session: :meth:`start` records its owner (an object with an
-    ``ended`` attribute, e.g. rkllm.stream's run state; held weakly). A session whose owner
-    has gone or has ``ended`` set is stale: an interrupt (Ctrl-C) landed after the owner let
-    go but before the shim heard of it. The next call that finds the model busy ends such a
+    ``ended`` attribute, which :meth:`end` sets, and a ``holds()`` method, e.g. rkllm.stream's
+    run state; held weakly). A session whose owner has gone or no longer holds it is stale:
+    an interrupt (Ctrl-C) landed after the owner let go but before the shim heard of it. The next call that finds the model busy ends such a
     session first, so no interrupt can leave the model busy for good.
     """
 
@@ -343,7 +343,7 @@ class Model:
 
     def _owner_holds(self) -> bool:
         owner = self._owner()
-        return owner is not None and not owner.ended
+        return owner is not None and bool(owner.holds())
 
     # generation
     def start(self, request: Any = None, owner: Any = None, **fields: Any) -> None:
@@ -383,12 +383,19 @@ class Model:
 
     def end(self, owner: Any = None, timeout_ms: int = 60000) -> dict[str, Any] | None:
         """Ends ``owner``'s generation session (aborting a run still going) and returns how
-        the run ended; None if the session had already ended (e.g. by close) or is another
-        live owner's (this one's start failed, or another run has started since). A session
+        the run ended (setting ``owner.ended``); None if the session had already ended (e.g.
+        by close) or is another live owner's (this one's start failed, or another run has
+        started since). A session
         without a live owner is stale and ended too (the garbage collector clears weak
         references before finalisers run); ``owner=None`` ends whatever session is going."""
         o = ffi.new("rkshim_outcome *")
         with self._lock:  # a start() in another thread waits: it would find us busy
+            if owner is not None:
+                # let go under the lock: a call in another thread that finds the model busy
+                # never takes this session for stale while its owner is ending it (it would
+                # end it first and the owner would lose the outcome); an interrupt from here
+                # on leaves a stale session that the next call ends
+                owner.ended = True
             current = self._owner()
             if owner is not None and current is not None and current is not owner:
                 return None

@@ -187,7 +187,13 @@ def agenerate(llm: LLM, prompt: str | None = None, *, chunked: bool = False,
 async def acomplete(llm: LLM, prompt: str | None = None, **options: Any) -> Result:
     """Runs to the end without blocking the loop; returns what :meth:`rkllm.LLM.complete`
     returns (text, finish reason, token ids, perf)."""
-    stream = llm.start(llm.make_request(prompt, **options), chunked=True, collect=True)
-    async for _ in AsyncStream(stream):
-        pass
-    return stream.result()
+    stream: Stream | None = None
+    try:  # as CoreLLM.complete: an interrupt at any point after the start ends the run
+        stream = llm.start(llm.make_request(prompt, **options), chunked=True, collect=True)
+        async for _ in AsyncStream(stream):
+            pass
+        return stream.result()
+    except BaseException:
+        if stream is not None:
+            stream.cancel()  # the loop must not stall on a runtime slow to stop
+        raise

@@ -170,16 +170,24 @@ class CoreLLM:
 
     def complete(self, prompt: str | None = None, **options: Any) -> Result:
         """Runs to the end and returns the text, finish reason, token ids and perf."""
-        stream = self.start(self.make_request(prompt, **options), chunked=True, collect=True)
-        for _ in stream:
-            pass
-        return stream.result()
+        return self._run_through(self.make_request(prompt, **options), collect=True).result()
+
+    def _run_through(self, request: RunRequest, collect: bool = False) -> Stream:
+        """Starts ``request`` and reads it to the end; an interrupt at any point after the
+        start (even while the caller keeps it, and the frames, alive) ends the run."""
+        stream: Stream | None = None
+        try:
+            stream = self.start(request, chunked=True, collect=collect)
+            for _ in stream:
+                pass
+            return stream
+        except BaseException:
+            if stream is not None:
+                stream.close()
+            raise
 
     def _array(self, mode: int, prompt: str | None, options: dict[str, Any]) -> Tensor:
-        stream = self.start(self.make_request(prompt, mode=mode, **options), chunked=True)
-        for _ in stream:
-            pass
-        tensor = stream.tensor
+        tensor = self._run_through(self.make_request(prompt, mode=mode, **options)).tensor
         if tensor is None:
             raise GenerationError("the runtime returned no data for this request")
         if mode == ll.MODE_HIDDEN:

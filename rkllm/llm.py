@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from rkllm.core import CoreLLM
+from rkllm.request import check_path
 from rkllm.stream import Result, Stream, Tensor
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 def _resolve(model: str | os.PathLike[str], runtime: Any) -> tuple[str, Any]:
     """A model reference as the CLI takes it -> (a local path, the runtime to use)."""
-    path = os.fspath(model)
+    path = check_path(model, "model")
     if os.path.exists(path) or not isinstance(model, str):
         return path, runtime
     from rkllm.hub import parse_ref, resolve_model

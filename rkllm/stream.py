@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import array
 import contextlib
+import weakref
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from types import GeneratorType
+from typing import Any, cast
 
 from rkllm import _lowlevel as ll
 from rkllm.errors import ClosedError, ContextLengthError, GenerationError
@@ -128,7 +130,8 @@ def run_error(request: Any, context_length: int, o: dict[str, Any]) -> Generatio
 class _Run:
     """One run's state, shared by a Stream and its generator (the generator never refers to
     the Stream, so dropping either one ends the run at once, without waiting for the GC).
-    It is the session's owner for ll.Model (see there): ``ended`` set means "let go"."""
+    It is the session's owner for ll.Model (see there): ``ended`` set means "let go", and
+    :meth:`holds` says whether anyone can still read the run."""
 
     def __init__(self, model: ll.Model, request: Any, *, limit: int, context_length: int,
                  collect: bool) -> None:
@@ -143,14 +146,33 @@ class _Run:
         self.ids: list[int] = []
         self.array: Tensor | None = None
         self.outcome: dict[str, Any] | None = None
+        self.reader: weakref.ReferenceType[GeneratorType[str, None, None]] | None = None
+
+    def holds(self) -> bool:
+        """Whether the run can still be read: not ended, and its generator (once one was
+        made) not finished. A generator that an interrupt stopped before its ``try`` (its
+        first lines) has finished without ending the run, while a traceback may still hold
+        the run: such a run is let go, and the model's next call ends it."""
+        if self.ended:
+            return False
+        reader = self.reader
+        if reader is None:
+            return True
+        gen = reader()
+        return gen is not None and gen.gi_frame is not None
+
+    def read(self, chunked: bool) -> Generator[str, None, None]:
+        """The run's pieces, as a generator that ends the run when it stops."""
+        gen = _pieces(self, chunked)
+        self.reader = weakref.ref(cast("GeneratorType[str, None, None]", gen))
+        return gen
 
     def end(self, timeout_ms: int = 60000) -> None:
         """Ends the session (aborting a run still going); idempotent. With a short timeout
         a runtime slow to stop is left to the model (its next call waits for it)."""
         if self.ended:
             return
-        self.ended = True  # an interrupt from here on leaves a session the model reaps
-        try:
+        try:  # model.end sets ``ended`` (under the model's lock: see there)
             self.outcome = self.model.end(self, timeout_ms)
         except ClosedError:
             self.outcome = None
@@ -245,21 +267,28 @@ class Stream:
         run = _Run(model, request, limit=limit, context_length=context_length,
                    collect=collect)
         self._run = run
-        model.start(request, run)
+        try:
+            model.start(request, run)
+        except BaseException:
+            # an interrupt after the shim started the run (the session is ours) must not
+            # leave it going; a refused start (busy, bad input) ends nothing of another owner
+            run.end(INTERRUPT_WAIT_MS)
+            raise
 
     def __iter__(self) -> Iterator[str]:
         if self._gen is not None:
             return self._gen
         if self._looped:
             raise RuntimeError("a Stream can be iterated only once")
+        gen = self._run.read(self._chunked)
         self._looped = True
-        return _pieces(self._run, self._chunked)
+        return gen
 
     def __next__(self) -> str:
         if self._gen is None:
             if self._looped:
                 raise RuntimeError("this Stream is already being iterated")
-            self._gen = _pieces(self._run, self._chunked)
+            self._gen = self._run.read(self._chunked)
         return next(self._gen)
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ model's. No gc.collect(): what reference counting does not free must not matter.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -112,6 +113,34 @@ def test_interrupt_at_every_line(action: str, family: str, demo_model: str, quie
             answer = llm.complete(PROMPT, max_new_tokens=N_TOKENS).text
             assert answer == reference, f"{action}, interrupt at line {at}/{total}"
         assert raised > total // 2  # most lines are in the call itself, not in finalisers
+
+
+def test_interrupt_kept_in_a_traceback_still_leaves_complete_usable(
+        demo_model: str, quiet_sim: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """complete() and hidden_states() hold their stream from the start to the end, so an
+    interrupt at any of their lines ends the run even while the caller keeps the exception
+    (and with it the interrupted frames), as an ``except KeyboardInterrupt:`` block does."""
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)
+    with rkllm.LLM(demo_model, runtime="sim", max_context_len=1024) as llm:
+        reference = llm.complete(PROMPT, max_new_tokens=N_TOKENS).text
+        for action in ("complete", "hidden_states"):
+            do = ACTIONS[action]
+            _, total = interrupted(functools.partial(do, llm), 0)
+            for at in range(1, total + 1):
+                tracer = Interrupt(at)
+                sys.settrace(tracer.calls)
+                try:
+                    do(llm)
+                except KeyboardInterrupt as exc:
+                    kept = exc
+                    try:  # the exception and its frames are alive here
+                        answer = llm.complete(PROMPT, max_new_tokens=N_TOKENS).text
+                    except RKLLMError as err:
+                        pytest.fail(f"{action}, interrupt at line {at}/{total}: {err!r}")
+                    assert answer == reference, f"{action}, interrupt at line {at}/{total}"
+                    assert kept.__traceback__ is not None
+                finally:
+                    sys.settrace(None)
 
 
 SIGINT_CHILD = """

@@ -377,7 +377,7 @@ def _floats(data: Any) -> int | None:
     if isinstance(data, list):
         return len(data)
     if isinstance(data, (bytes, bytearray)):
-        return len(data) // 4 if len(data) % 4 == 0 else None
+        return None  # raw bytes are refused, not reinterpreted as float32 (docs/api.md)
     fmt = data.typecode if isinstance(data, array.array) else data.format
     return len(data) if fmt == "f" else None
 
