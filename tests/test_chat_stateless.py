@@ -85,6 +85,18 @@ def test_a_closed_or_dropped_session_leaves_nothing(new_family_llm: rkllm.LLM) -
         assert chat.send(Q, stream=False).text == first
 
 
+@pytest.mark.parametrize("family", ["1.2.0", "1.3.0"])
+@pytest.mark.parametrize("system", [None, "", "Be brief."])
+def test_a_session_with_another_template_gives_back_the_models_own(llm: rkllm.LLM,
+                                                                   system: str | None) -> None:
+    # close() put back the session's template (template=), not the model's own
+    fresh = _answers(llm)
+    with ChatSession(llm, system, template="llama3", max_new_tokens=N) as chat:
+        chat.send("", stream=False)
+        chat.send(Q, stream=False)
+    assert _answers(llm) == fresh
+
+
 @pytest.mark.parametrize("tools", [
     "get_weather", [{"type": "function"}], [{"function": {"name": 3}}],
     [{"type": "function", "function": {"name": ""}}],

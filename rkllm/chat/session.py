@@ -25,7 +25,7 @@ from typing import Any
 from rkllm import params as P
 from rkllm.chat.messages import check_messages, check_tools
 from rkllm.chat.state import CHANGED, Changes, forget, settle_model
-from rkllm.chat.templates import TEMPLATES, ChatTemplate, resolve_template
+from rkllm.chat.templates import TEMPLATES, ChatTemplate, detect_template, resolve_template
 from rkllm.core import CoreLLM
 from rkllm.errors import ParamError
 from rkllm.stream import Perf, Stream
@@ -170,7 +170,9 @@ class ChatSession:
         self._tool_tag = tool_response
         self._tools = check_tools(tools, plain_ok=True)
         self._keep = P.family_key(llm.family) >= P.family_key("1.2.0")
-        self._changes = Changes(self._template, tool_response, self._keep, self._holder())
+        # what close() puts back: the model's own template, not this session's (template=)
+        own = self._template if template is None else detect_template(llm) or self._template
+        self._changes = Changes(own, tool_response, self._keep, self._holder())
         self.end_marker = self._template.turn_end.strip() if self._template else ""
         self._set_system_part: str | None = None  # what we put in the runtime's template
         self._synced = False  # the kv cache holds exactly system + history

@@ -27,7 +27,7 @@ class Changes:
     def __init__(self, template: ChatTemplate | None, tool_tag: str, keep: bool,
                  held: Callable[[], bool]) -> None:
         self.held = held
-        self.template = template
+        self.template = template  # the model's own (what undo puts back)
         self.tool_tag = tool_tag
         self.keep = keep  # the runtime keeps the conversation in its kv cache (1.2.0+)
         self.template_changed = False
