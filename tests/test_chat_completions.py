@@ -66,6 +66,22 @@ def test_bad_stop(llm: rkllm.LLM) -> None:
         create_chat_completion(llm, MSGS, stop=3)
 
 
+@pytest.mark.parametrize(("content", "error"), [
+    ("a\x00b", r"messages\[1\]\.content contains a NUL character at index 1"),
+    ("\udc80", r"messages\[1\]\.content contains a lone surrogate U\+DC80"),
+    ([{"type": "text", "text": "x"}, {"type": "text", "text": "\x00"}],
+     r"messages\[1\]\.content contains a NUL character at index 1"),
+])
+def test_nul_or_surrogate_in_a_message_is_refused(llm: rkllm.LLM, content: Any,
+                                                  error: str) -> None:
+    # C would cut the prompt at the NUL (finding 6); checked before anything is rendered
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}]
+    for stream in (False, True):
+        with pytest.raises(ParamError, match=error):
+            create_chat_completion(llm, messages, stream=stream)
+    assert not llm.is_running
+
+
 def test_seed_max_tokens_and_n(llm: rkllm.LLM) -> None:
     same = [_text(create_chat_completion(llm, MSGS, max_tokens=N, seed=7)) for _ in range(2)]
     assert same[0] == same[1] and same[0]

@@ -85,6 +85,18 @@ def test_a_closed_or_dropped_session_leaves_nothing(new_family_llm: rkllm.LLM) -
         assert chat.send(Q, stream=False).text == first
 
 
+@pytest.mark.parametrize("family", ["1.2.0", "1.3.0"])
+@pytest.mark.parametrize("system", [None, "", "Be brief."])
+def test_a_session_with_another_template_gives_back_the_models_own(llm: rkllm.LLM,
+                                                                   system: str | None) -> None:
+    # close() put back the session's template (template=), not the model's own
+    fresh = _answers(llm)
+    with ChatSession(llm, system, template="llama3", max_new_tokens=N) as chat:
+        chat.send("", stream=False)
+        chat.send(Q, stream=False)
+    assert _answers(llm) == fresh
+
+
 @pytest.mark.parametrize("tools", [
     "get_weather", [{"type": "function"}], [{"function": {"name": 3}}],
     [{"type": "function", "function": {"name": ""}}],
@@ -152,24 +164,29 @@ class _Inject:
         return self._line
 
 
-def _interrupt_everywhere(llm: rkllm.LLM, request: Callable[[], object]) -> int:
+def _interrupt_everywhere(llm: rkllm.LLM, request: Callable[[], object], *,
+                          keep: bool = True) -> int:
     """Runs ``request`` once per line it executes, with Ctrl-C injected at that line; after
-    each, the model must answer as a fresh one. Returns the number of lines tried."""
+    each, the model must answer as a fresh one (``keep``: while the KeyboardInterrupt is
+    still referenced). Returns the number of lines tried."""
     fresh = _answers(llm)
     k = 0
     while True:
         k += 1
         inject = _Inject(k)
+        kept: KeyboardInterrupt | None = None
         sys.settrace(inject)
         try:
             request()
-            interrupted = False
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as exc:
+            # kept while the model is checked, as a caller's handler may: its traceback holds
+            # the request's frames (and objects) alive, so "dropped" cannot be what ends it
+            kept = exc if keep else KeyboardInterrupt()
         finally:
             sys.settrace(None)
         assert not llm.is_running, f"the model is still running after Ctrl-C at line {k}"
         assert _answers(llm) == fresh, f"Ctrl-C at line event {k} changed later answers"
+        interrupted, kept = kept is not None, None
         if not interrupted and inject.seen < k:  # (one raised in a __del__ is ignored)
             return k - 1
 
@@ -211,4 +228,6 @@ def test_ctrl_c_in_a_session_leaves_no_trace(llm: rkllm.LLM) -> None:
             chat.send("call get_weather now", stream=False)
             _drain(iter(chat.send(Q)))
 
-    assert _interrupt_everywhere(llm, request) > 100
+    # a session its user still holds (here through the kept traceback, when Ctrl-C cut its
+    # close() short) keeps its state until it is closed or dropped
+    assert _interrupt_everywhere(llm, request, keep=False) > 100

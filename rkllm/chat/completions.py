@@ -9,11 +9,13 @@ chunk, ``close()``, an error, Ctrl-C), and the kv cache is empty before and afte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, overload
+import weakref
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from rkllm.chat.iterators import AsyncChunkIterator, ChunkIterator
 from rkllm.chat.messages import check_tool_choice, check_tools, parse_tool_calls, split_messages
@@ -38,6 +40,8 @@ __all__ = ["AsyncChunkIterator", "ChunkIterator", "acreate_chat_completion",
            "create_chat_completion", "create_completion"]
 
 _TOOL_START = "<tool_call>"
+
+G = TypeVar("G")
 
 
 # ---- pieces of text -> what is handed out ----------------------------------------------------
@@ -111,10 +115,30 @@ def _meta(llm: CoreLLM, model: str | None, prefix: str) -> dict[str, Any]:
 
 # ---- chat completions ------------------------------------------------------------------------
 
+class _RequestSession(ChatSession):
+    """A request's conversation. It holds the model's state while the request's generator
+    (``owner``) runs or waits; once that has finished or was dropped, however far its
+    clean-up got (Ctrl-C), the next call on the model undoes what is left (settle_model)."""
+
+    def __init__(self, owner: weakref.ref[Any], llm: CoreLLM, system: str | None, *,
+                 messages: list[dict[str, str]], template: ChatTemplate | str | None,
+                 tools: list[Any] | None) -> None:
+        self._owner = owner
+        super().__init__(llm, system, messages=messages, template=template, tools=tools)
+
+    def _holder(self) -> Callable[[], bool]:
+        owner = self._owner
+
+        def held() -> bool:  # a finished generator has no frame (an async one: ag_frame)
+            gen = owner()
+            return getattr(gen, "gi_frame", getattr(gen, "ag_frame", None)) is not None
+        return held
+
+
 class _ChatRequest:
-    """A chat request: checked when made (nothing runs yet), then :meth:`start` installs its
-    conversation in the model (a ChatSession) and starts the run; :meth:`close` takes it all
-    back, however far :meth:`start` got."""
+    """A chat request: checked when made (nothing runs yet); its generator (:meth:`bind`)
+    then installs its conversation in the model (a ChatSession), starts the run and yields
+    the chunks; :meth:`close` takes it all back, however far the start got."""
 
     def __init__(self, llm: CoreLLM, messages: Any, *, stream: bool, tools: Any,
                  tool_choice: Any, template: ChatTemplate | str | None, model: str | None,
@@ -130,11 +154,18 @@ class _ChatRequest:
         self.meta = _meta(llm, model, "chatcmpl")
         self.hold_calls = self.tools is not None and stream  # tool calls come whole
         self.session: ChatSession | None = None
+        self.owner: weakref.ref[Any] = weakref.ref(self)  # replaced by bind()
+
+    def bind(self, chunks: G) -> G:
+        """``chunks``, the generator that runs this request (only a weak reference is kept:
+        dropping the generator ends the request)."""
+        self.owner = weakref.ref(chunks)
+        return chunks
 
     def start(self) -> Stream:
         system, history, role, content = self.split
-        self.session = ChatSession(self.llm, system, messages=history, template=self.template,
-                                   tools=self.tools)
+        self.session = _RequestSession(self.owner, self.llm, system, messages=history,
+                                       template=self.template, tools=self.tools)
         self.answer = _Answer(self.session.end_marker, self.opts.stops, self.hold_calls)
         self.stream = self.session.start(content, role=role, **self.opts.run)
         return self.stream
@@ -143,6 +174,14 @@ class _ChatRequest:
         """Ends the run and gives the model back its own state; idempotent."""
         if self.session is not None:
             self.session.close()
+            self.session = None
+
+    def abandon(self) -> None:
+        """:meth:`close` when the request is failing already (Ctrl-C, an error): that is
+        what the caller sees, not an error of the clean-up; what close() could not undo
+        stays marked and is undone by the next call on the model."""
+        with contextlib.suppress(Exception):
+            self.close()
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> ChatCompletionChunk:
         out: Any = {**self.meta, "object": "chat.completion.chunk",
@@ -195,11 +234,23 @@ class _ChatRequest:
         return out  # type: ignore[no-any-return]
 
 
-def _chunks_then_close(req: _ChatRequest) -> Iterator[ChatCompletionChunk]:
+# Where a request starts, a placeholder chunk is yielded, so that the caller can return the
+# generator itself (its clean-up cannot be skipped by Ctrl-C in a wrapper's frame).
+_STARTED = cast("ChatCompletionChunk", None)
+
+
+def _chunks(req: _ChatRequest) -> Generator[ChatCompletionChunk, None, None]:
+    """Runs ``req``: starts it, yields _STARTED, then the chunks. However it ends (read to
+    the end, close(), dropped, an error, Ctrl-C at any line), what it installed is taken
+    back, here or (a clean-up cut short) by the next call on the model."""
     try:
+        req.start()
+        yield _STARTED
         yield from req.pieces()
-    finally:
-        req.close()
+    except BaseException:
+        req.abandon()
+        raise
+    req.close()
 
 
 @overload
@@ -242,25 +293,28 @@ def create_chat_completion(llm: CoreLLM, messages: Sequence[Any], *, stream: boo
     tokens (before 1.2.1)."""
     req = _ChatRequest(llm, messages, stream=stream, tools=tools, tool_choice=tool_choice,
                        template=template, model=model, options=options)
-    try:  # entered before anything is installed: every way out below takes it back
-        req.start()
-        if stream:
-            return ChunkIterator(_chunks_then_close(req), req.close)
-        for _ in req.pieces():
+    if not stream:
+        # the generator lives only on this loop (no name holds it): Ctrl-C here drops it,
+        # and dropping it ends the request
+        for _ in req.bind(_chunks(req)):
             pass
         return req.result()
+    chunks = req.bind(_chunks(req))
+    try:
+        next(chunks)  # starts the run: its errors raise here
+        return chunks
     except BaseException:
-        req.close()
+        chunks.close()
         raise
-    finally:
-        if not stream:
-            req.close()
 
 
-async def _async_pieces(req: _ChatRequest) -> AsyncIterator[ChatCompletionChunk]:
+async def _async_chunks(req: _ChatRequest) -> AsyncIterator[ChatCompletionChunk]:
+    """:func:`_chunks` for asyncio."""
     from rkllm.aio import AsyncStream
 
     try:
+        req.start()
+        yield _STARTED
         yield req.chunk({"role": "assistant", "content": ""})
         pieces = AsyncStream(req.stream)
         async for piece in pieces:
@@ -271,8 +325,10 @@ async def _async_pieces(req: _ChatRequest) -> AsyncIterator[ChatCompletionChunk]
         await pieces.aclose()  # after a stop string: the run is aborted here
         for chunk in req.last():
             yield chunk
-    finally:
-        req.close()
+    except BaseException:
+        req.abandon()
+        raise
+    req.close()
 
 
 @overload
@@ -305,16 +361,16 @@ async def acreate_chat_completion(llm: CoreLLM, messages: Sequence[Any], *,
     or ``break`` ends the run)."""
     req = _ChatRequest(llm, messages, stream=stream, tools=tools, tool_choice=tool_choice,
                        template=template, model=model, options=options)
+    chunks = AsyncChunkIterator(req.bind(_async_chunks(req)), req.close)
     try:
-        req.start()
-        chunks = AsyncChunkIterator(_async_pieces(req), req.close)
+        await chunks.__anext__()  # starts the run: its errors raise here
         if stream:
             return chunks
         async for _ in chunks:
             pass
         return req.result()
     except BaseException:
-        req.close()
+        req.abandon()
         raise
 
 

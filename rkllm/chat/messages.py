@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rkllm.errors import ParamError
+from rkllm.request import check_text
 
 __all__ = ["ROLES", "check_messages", "check_tool_choice", "check_tools", "parse_tool_calls",
            "split_messages", "tool_calls_text"]
@@ -91,9 +92,10 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
         calls = message.get("tool_calls") if role == "assistant" else None
         if "content" not in message and not calls:
             raise ParamError(f"messages[{i}] has no 'content'")
-        content = _content(i, message)
+        # checked here, before any rendering: C would cut a NUL, a lone surrogate is no text
+        content = check_text(_content(i, message), f"messages[{i}].content")
         if calls:
-            text = tool_calls_text(i, calls)
+            text = check_text(tool_calls_text(i, calls), f"messages[{i}].tool_calls")
             content = f"{content}\n{text}" if content else text
         if role == "system" and any(m["role"] != "system" for m in out):
             raise ParamError(f"messages[{i}]: a system message may only come first")

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rkllm import params as P
 from rkllm.chat.messages import check_messages, check_tools
-from rkllm.chat.state import CHANGED, Changes, settle_model
-from rkllm.chat.templates import TEMPLATES, ChatTemplate, resolve_template
+from rkllm.chat.state import CHANGED, Changes, forget, settle_model
+from rkllm.chat.templates import TEMPLATES, ChatTemplate, detect_template, resolve_template
 from rkllm.core import CoreLLM
 from rkllm.errors import ParamError
 from rkllm.stream import Perf, Stream
@@ -170,7 +170,9 @@ class ChatSession:
         self._tool_tag = tool_response
         self._tools = check_tools(tools, plain_ok=True)
         self._keep = P.family_key(llm.family) >= P.family_key("1.2.0")
-        self._changes = Changes(self._template, tool_response, self._keep)
+        # what close() puts back: the model's own template, not this session's (template=)
+        own = self._template if template is None else detect_template(llm) or self._template
+        self._changes = Changes(own, tool_response, self._keep, self._holder())
         self.end_marker = self._template.turn_end.strip() if self._template else ""
         self._set_system_part: str | None = None  # what we put in the runtime's template
         self._synced = False  # the kv cache holds exactly system + history
@@ -262,14 +264,18 @@ class ChatSession:
             raise
         self._set_system_part = None
         self._synced = False
-        entry = CHANGED.get(self.llm)
-        if entry is not None and entry[1] is self._changes:
-            del CHANGED[self.llm]
+        forget(self.llm, self._changes)
+
+    def _holder(self) -> Callable[[], bool]:
+        """Whether the session still holds what it changed: while it is referenced (a
+        dropped session's changes are undone by the next call on the model)."""
+        ref = weakref.ref(self)
+        return lambda: ref() is not None
 
     def _mark(self) -> None:
         """Records, before a change to the model, that this session makes it."""
         self._changes.closing = False
-        CHANGED[self.llm] = (weakref.ref(self), self._changes)
+        CHANGED[self.llm] = self._changes
 
     def _declare_tools(self) -> None:
         tools = self._tools
