@@ -33,9 +33,11 @@ def _probe(path: Path) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("size", [4096, 64 * 1024])
-def test_truncated_library_is_refused_before_dlopen(tmp_path: Path, size: int) -> None:
+@pytest.mark.parametrize("part", [0.0, 0.5])
+def test_truncated_library_is_refused_before_dlopen(tmp_path: Path, part: float) -> None:
+    """The first 4 KB, and the first half (the library's size varies by arch and build)."""
     data = Path(sim.library_path("1.3.0")).read_bytes()
+    size = max(4096, int(len(data) * part))
     assert len(data) > size
     cut = tmp_path / "librkllmrt.so"
     cut.write_bytes(data[:size])
