@@ -160,8 +160,6 @@ def test_slow_abort_is_a_bounded_wait(monkeypatch: pytest.MonkeyPatch,
         assert llm.complete(PROMPT).text == reference["one"]
 
 
-@pytest.mark.xfail(strict=True, reason="shim: a callback the runtime makes after rkllm_abort returned "
-                   "(with the aborted run's userdata) lands in the next run's text")
 def test_callback_after_abort_does_not_reach_the_next_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RKLLM_SIM_TOKEN_US", "1000")
     with _open() as llm:

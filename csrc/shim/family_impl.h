@@ -113,14 +113,14 @@ static void fam_result_cb(RKLLMResult *r, void *userdata, LLMCallState state)
 #endif
     }
 #if HAS_V121
-    return rkshim_deliver((rkshim_model *)userdata, &ev);
+    return rkshim_deliver(userdata, &ev);
 #else
-    rkshim_deliver((rkshim_model *)userdata, &ev);
+    rkshim_deliver(userdata, &ev);
 #endif
 }
 
 static int fam_init(rkshim_runtime *rt, void **handle, const char *model_path,
-                    const rkshim_param *o, rkshim_model *m) {
+                    const rkshim_param *o, rkshim_model *m, void *userdata) {
     RKLLMParam p = fam_runtime_defaults(rt);
     p.model_path = fam_keep_str(m, model_path);
     p.max_context_len = o->max_context_len;
@@ -152,12 +152,13 @@ static int fam_init(rkshim_runtime *rt, void **handle, const char *model_path,
     RKLLMCallback cb;
     memset(&cb, 0, sizeof cb);
     cb.result_callback = fam_result_cb;
-    cb.result_userdata = m;
+    cb.result_userdata = userdata;
     RKLLMCallback *kept = rkshim_model_keep(m, &cb, sizeof cb);
     if (!kept) return -1;
     return ((int (*)(LLMHandle *, RKLLMParam *, RKLLMCallback *))rt->sym[SYM_init])(handle, &p,
                                                                                   kept);
 #else
+    (void)userdata; /* the callback gets rkllm_run's userdata */
     p.img_start = fam_keep_str(m, o->img_start);
     p.img_end = fam_keep_str(m, o->img_end);
     p.img_content = fam_keep_str(m, o->img_content);
@@ -166,7 +167,7 @@ static int fam_init(rkshim_runtime *rt, void **handle, const char *model_path,
 #endif
 }
 
-static int fam_run(rkshim_runtime *rt, void *handle, const rkshim_job *job, rkshim_model *m) {
+static int fam_run(rkshim_runtime *rt, void *handle, const rkshim_job *job, void *userdata) {
     const rkshim_run_args *a = &job->a;
     RKLLMInput in;
     memset(&in, 0, sizeof in);
@@ -245,7 +246,7 @@ static int fam_run(rkshim_runtime *rt, void *handle, const rkshim_job *job, rksh
     ip.max_new_tokens = a->max_new_tokens > 0 ? a->max_new_tokens : 0; /* 0: the model's */
 #endif
     return ((int (*)(LLMHandle, RKLLMInput *, RKLLMInferParam *, void *))rt->sym[SYM_run])(
-        handle, &in, &ip, m);
+        handle, &in, &ip, userdata);
 }
 
 static int fam_clear_kv_cache(rkshim_runtime *rt, void *handle, int keep, int *start, int *end) {

@@ -53,9 +53,11 @@ typedef struct {
 typedef struct rkshim_family {
     const char *name;
     int (*default_param)(rkshim_runtime *rt, rkshim_param *out);
+    /* userdata: what the result callback gets when a run passes none (1.3.0) */
     int (*init)(rkshim_runtime *rt, void **handle, const char *model_path,
-                const rkshim_param *p, rkshim_model *m);
-    int (*run)(rkshim_runtime *rt, void *handle, const rkshim_job *job, rkshim_model *m);
+                const rkshim_param *p, rkshim_model *m, void *userdata);
+    /* userdata: the run's tag (model.h), given to the result callback */
+    int (*run)(rkshim_runtime *rt, void *handle, const rkshim_job *job, void *userdata);
     int (*clear_kv_cache)(rkshim_runtime *rt, void *handle, int keep, int *start, int *end);
     int (*load_lora)(rkshim_runtime *rt, void *handle, const char *path, const char *name,
                      float scale);
@@ -81,11 +83,12 @@ struct rkshim_runtime {
     const rkshim_family *family;
 };
 
-/* Called by a family's result callback; returns what the callback returns (1.2.1+): always
- * 0, because there 1 means "pause" (the runtime keeps the run's state to be resumed by the
- * next rkllm_run), which rkllm-cffi does not use. Runs are stopped with rkllm_abort. Output
- * after a stop was asked for is dropped here. */
-int rkshim_deliver(rkshim_model *m, const rkshim_event *ev);
+/* Called by a family's result callback with its userdata (a run tag, model.h); returns what
+ * the callback returns (1.2.1+): always 0, because there 1 means "pause" (the runtime keeps
+ * the run's state to be resumed by the next rkllm_run), which rkllm-cffi does not use. Runs
+ * are stopped with rkllm_abort. Output after a stop was asked for, and any call whose tag is
+ * not the live run's, is dropped here. */
+int rkshim_deliver(void *userdata, const rkshim_event *ev);
 
 /* A copy of data owned by the model until it is freed (for what rkllm_init may keep a
  * pointer to: the model path, strings in the params, 1.3.0's callback struct). */

@@ -1,10 +1,13 @@
 /* rkllm-cffi shim: one loaded model: its lifetime and its generation session.
  *
- * Threads: the runtime calls back on its own thread (the "producer"); rkllm_run itself is
- * called on a runner thread the shim starts per generation; Python pulls batches (the
- * "consumer", one thread at a time) with the GIL released; any thread may abort, end or
- * close. One mutex guards the session state; the tokens go through the ring (ring.c), which
- * takes no lock on the common path, after the UTF-8 repair (utf8.c).
+ * Threads: rkllm_run is called on a runner thread the shim starts per generation; the
+ * runtime calls back (the "producer") from inside it, on that runner thread (a blocking
+ * rkllm_run that calls back on its caller's thread, as the simulator does by default) or on
+ * a thread of its own; Python pulls batches (the "consumer", one thread at a time) with the
+ * GIL released; any thread may abort, end or close. One mutex guards the session state; the
+ * tokens go through the ring (ring.c), which takes no lock on the common path, after the
+ * UTF-8 repair (utf8.c). A callback made outside its run (after rkllm_run returned, e.g. a
+ * late one after an abort) carries a retired run tag (model.h) and is dropped.
  *
  * Lifetime (a small state machine, so close from another thread is never a use-after-free):
  * open -> [session: start .. end]* -> closing -> closed -> free. close waits for the runner
@@ -133,8 +136,18 @@ static void keep_array(rkshim_model *m, int kind, const float *data, int rows, i
     if (kind == RKSHIM_MODE_HIDDEN) m->embed_size = cols; /* the width of the model's rows */
 }
 
-int rkshim_deliver(rkshim_model *m, const rkshim_event *ev) {
-    if (!m) return 0;
+/* 1 when tag is the live run's (the common path: one compare). */
+static int tag_is_live(rkshim_model **tag, rkshim_model *m) {
+    rkshim_model **live = atomic_load_explicit(&m->live_tag, memory_order_relaxed);
+    if (tag == live) return 1;
+    return tag == &m->run_tags[RKSHIM_INIT_TAG] && live; /* 1.3.0 without a run userdata */
+}
+
+int rkshim_deliver(void *userdata, const rkshim_event *ev) {
+    rkshim_model **tag = userdata;
+    if (!tag) return 0;
+    rkshim_model *m = *tag;
+    if (!tag_is_live(tag, m)) return 0; /* from a run that is over */
     int is_token = ev->kind == EV_TOKEN || ev->kind == EV_WAITING;
     if (is_token && m->generate_mode) { /* the common path: no lock */
         deliver_token(m, ev->text, ev->token_id);
@@ -180,12 +193,14 @@ static void *runner_main(void *arg) {
     m->in_run = !skip;
     m->t_start = now_ms();
     pthread_mutex_unlock(&m->lock);
-    int rc = skip ? 0 : m->rt->family->run(m->rt, m->handle, m->job, m);
+    int rc = skip ? 0 : m->rt->family->run(m->rt, m->handle, m->job, m->run_tag);
     pthread_mutex_lock(&m->lock);
+    /* the run is over: a callback after this (one the runtime makes late) is dropped, so
+     * from here on nothing writes to this run's ring (bytes held back from a character were
+     * flushed by the final callback, inside rkllm_run) */
+    atomic_store_explicit(&m->live_tag, NULL, memory_order_relaxed);
     m->in_run = 0;
     double t_end = now_ms();
-    /* (bytes held back from a character are flushed by the final callback, on the
-     * runtime's thread: this thread never writes to the ring) */
     if (!m->terminal) m->t_last = t_end;
     rkshim_outcome *o = &m->outcome;
     o->runtime_rc = rc;
@@ -339,6 +354,7 @@ int rkshim_model_open(rkshim_runtime *rt, const char *model_path, const rkshim_p
         return rkshim_fail(RKSHIM_E_NOMEM, "out of memory");
     }
     m->rt = rt;
+    for (int i = 0; i <= RKSHIM_RUN_TAGS; i++) m->run_tags[i] = m;
     m->epoch = atomic_load(&fork_epoch);
     m->refs = 1;
     pthread_mutex_init(&m->lock, NULL);
@@ -351,7 +367,7 @@ int rkshim_model_open(rkshim_runtime *rt, const char *model_path, const rkshim_p
     rkshim_capture cap;
     rkshim_capture_begin(&cap);
     void *handle = NULL;
-    int rc = rt->family->init(rt, &handle, model_path, param, m);
+    int rc = rt->family->init(rt, &handle, model_path, param, m, &m->run_tags[RKSHIM_INIT_TAG]);
     rkshim_capture_end(&cap);
     if (rc != 0 || !handle) {
         if (rc == 0)
@@ -458,8 +474,11 @@ int rkshim_model_start(rkshim_model *m, const rkshim_run_args *args) {
     memset(&m->outcome, 0, sizeof m->outcome);
     m->t_first = m->t_last = 0;
     for (int i = 0; i < 3; i++) m->rows[i] = m->cols[i] = 0;
+    m->run_tag = &m->run_tags[(m->gen + 1) % RKSHIM_RUN_TAGS]; /* this session's gen */
+    atomic_store_explicit(&m->live_tag, m->run_tag, memory_order_relaxed);
     int err = pthread_create(&m->runner, NULL, runner_main, m);
     if (err != 0) {
+        atomic_store_explicit(&m->live_tag, NULL, memory_order_relaxed);
         pthread_mutex_unlock(&m->lock);
         return rkshim_fail(RKSHIM_E_NOMEM, "cannot start the generation thread: %s",
                            strerror(err));

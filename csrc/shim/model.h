@@ -9,6 +9,16 @@
 #include "ring.h"
 #include "utf8.h"
 
+/* Each run hands the runtime its own userdata, a run tag: &run_tags[gen % RKSHIM_RUN_TAGS],
+ * an entry that points back at the model. The result callback drops a call whose tag is not
+ * the live run's, so a runtime that calls back after rkllm_abort returned (or after
+ * rkllm_run returned) never writes into a later run's output. A stale tag could only pass
+ * again RKSHIM_RUN_TAGS runs later. The last entry is 1.3.0's init-time result_userdata:
+ * whether that runtime passes it instead of rkllm_run's userdata is unknown, so it is taken
+ * as the live run's while one is live (no protection then, but the output is not lost). */
+#define RKSHIM_RUN_TAGS 64
+#define RKSHIM_INIT_TAG RKSHIM_RUN_TAGS
+
 struct rkshim_model {
     rkshim_runtime *rt;
     void *handle;
@@ -48,11 +58,16 @@ struct rkshim_model {
     int rows[3], cols[3];
     void *cross;               /* the arrays given to rkllm_set_cross_attn_params (kept) */
 
+    rkshim_model *run_tags[RKSHIM_RUN_TAGS + 1]; /* each entry is this model (see above) */
+    rkshim_model **run_tag;    /* the current session's tag (live_tag while in rkllm_run) */
+
     void *kept[8];             /* what rkllm_init may keep pointers to (rkshim_model_keep) */
     int n_kept;
 
     /* written for every token (producer) or every batch (consumer): own cache lines */
     _Alignas(64) _Atomic int32_t p_tokens; /* tokens delivered in this run (producer) */
+    /* the tag of the run inside rkllm_run (NULL between runs): read by every callback */
+    _Atomic(rkshim_model **) live_tag;
     rkshim_utf8 utf8;                      /* the producer's held-back bytes */
     _Alignas(64) _Atomic int consuming;    /* a thread is inside pull */
     rkshim_ring ring;
