@@ -305,6 +305,10 @@ class Model:
         self._pid = os.getpid()  # a forked child cannot use it (the runtime's threads stay behind)
         self._lock = threading.RLock()  # start() and owner registration, as one step
         self._owner: Callable[[], Any] = _no_owner
+        # sessions started and the one not yet ended: each started run gets exactly one
+        # rkshim_model_end (a second would give back a reference the run no longer holds)
+        self._sessions = 0
+        self._live_session: int | None = None
 
     # lifetime
     @property
@@ -338,6 +342,8 @@ class Model:
                     gc.collect()
                 if not self._owner_holds():
                     lib.rkshim_model_end(self._ptr, 60000, ffi.NULL)
+                    self._live_session = None
+                    self._owner = _no_owner
             rc = call()
         return check(rc)
 
@@ -356,7 +362,14 @@ class Model:
         keep: list[Any] = []
         args = _run_args(request, keep)
         with self._lock:
+            self._sessions += 1
+            session = self._sessions
+            if owner is not None:
+                owner.session = session
             self._busy_call(lambda: lib.rkshim_model_start(ptr, args))
+            # an interrupt before the next two lines leaves a session nobody holds: the next
+            # call that finds the model busy ends it (_busy_call)
+            self._live_session = session
             self._owner = _no_owner if owner is None else weakref.ref(owner)
 
     def pull(self, timeout_ms: int) -> tuple[str, list[int], bool]:
@@ -399,6 +412,10 @@ class Model:
             current = self._owner()
             if owner is not None and current is not None and current is not owner:
                 return None
+            if self._live_session is None or (
+                    owner is not None and getattr(owner, "session", None) != self._live_session):
+                return None  # ended already (a later call found it stale), or never started
+            self._live_session = None
             check(lib.rkshim_model_end(self._ptr, timeout_ms, o))
             self._owner = _no_owner
         return _outcome(o) if o.status else None
