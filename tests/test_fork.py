@@ -21,6 +21,10 @@ from reliability_support import PROMPT, REF_TOKENS, assert_usable, load, referen
 state, action = sys.argv[1], sys.argv[2]
 ref = reference()
 llm = stream = None
+if state == "mid-generation":
+    # a board's pace: at full speed the first batch can hold the whole run, and reading it in
+    # the child would then never reach the runtime
+    os.environ["RKLLM_SIM_TOKEN_US"] = "2000"
 if state != "no model":
     llm = load()
     if state == "mid-generation":
