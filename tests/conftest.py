@@ -159,3 +159,16 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float =
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=full_env, timeout=timeout)
+
+
+@pytest.fixture
+def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """tests/fakehub.py on 127.0.0.1 as the Hugging Face endpoint, with an empty cache."""
+    from fakehub import FakeHub
+
+    with FakeHub() as server:
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield server

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,13 +135,8 @@ def test_a_llama_cpp_python_script_runs_unchanged(tmp_path: Path) -> None:
 # ---- models by name ----------------------------------------------------------------------------
 
 @pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet_sim: None) -> Iterator[FakeHub]:
-    with FakeHub() as server:
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        yield server
+def hub(local_hub: FakeHub, quiet_sim: None) -> FakeHub:
+    return local_hub
 
 
 def test_models_by_name_as_in_the_cli(hub: FakeHub, demo_model: str,
