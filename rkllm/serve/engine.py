@@ -172,8 +172,10 @@ class Answer:
                              reason="disconnect" if not clean else "abort")
         if self._request is not None:
             natural = clean and not self._stop_hit and self._stream.finish_reason == "stop"
+            prefilled = self.first_token_at is not None or \
+                self._stream.finish_reason in ("stop", "length")
             self.conv.answered(self._request, recorded_answer(
-                self.text or None, self.tool_calls) if natural else None)
+                self.text or None, self.tool_calls) if natural else None, prefilled)
         perf = self.perf
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s, first token %s, %d token(s), prefill %s token(s)%s, %s", self.model,
