@@ -1,0 +1,171 @@
+"""A system prompt (and tools) seen before is not prefilled again: a new conversation with the
+system part the kv cache starts with keeps it (``clear_kv_cache(keep_system_prompt=1)``), and
+answers exactly as a full prefill does (the simulator's trace and usage, the real openai
+client)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+sys.path.insert(0, os.path.dirname(__file__))
+from serve_support import ServeProcess  # noqa: E402
+
+SYSTEM = ("You are the house assistant. You know the rooms, the lights and the heating, "
+          "and you answer in one or two short sentences.")
+OTHER = "You are a pirate."
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}]
+OTHER_TOOLS = [{"type": "function", "function": {
+    "name": "set_light", "description": "Turns a light on or off",
+    "parameters": {"type": "object", "properties": {"on": {"type": "boolean"}}}}}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    with ServeProcess(["demo", "--runtime", "sim:1.3.0"], tmp_path_factory.mktemp("pc")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server: ServeProcess) -> Any:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+
+
+def ask(client: Any, system: str, *turns: str, tools: list[Any] | None = None,
+        **extra: Any) -> Any:
+    """One request: the system prompt, then user / assistant / user ... turns."""
+    messages = [{"role": "system", "content": system}]
+    messages += [{"role": "user" if i % 2 == 0 else "assistant", "content": text}
+                 for i, text in enumerate(turns)]
+    return client.chat.completions.create(model="demo", messages=messages, temperature=0,
+                                          **({"tools": tools} if tools else {}), **extra)
+
+
+def calls_of(srv: ServeProcess, start: int) -> list[dict[str, Any]]:
+    """The kv-cache and template calls, runs and run ends since trace line ``start``."""
+    keep = ("rkllm_run", "rkllm_clear_kv_cache", "rkllm_set_chat_template",
+            "rkllm_set_function_tools", "run_end")
+    return [e for e in srv.trace()[start:] if e["call"] in keep]
+
+
+def one_request(srv: ServeProcess, client: Any, *args: Any, **kwargs: Any
+                ) -> tuple[Any, list[dict[str, Any]]]:
+    start = len(srv.trace())
+    got = ask(client, *args, **kwargs)
+    return got, calls_of(srv, start)
+
+
+def clear_of(calls: list[dict[str, Any]]) -> int:
+    """keep_system_prompt of the request's clear_kv_cache."""
+    (clear,) = [c for c in calls if c["call"] == "rkllm_clear_kv_cache"]
+    return int(clear["args"]["keep_system_prompt"])
+
+
+def prefilled(calls: list[dict[str, Any]]) -> int:
+    (end,) = [c for c in calls if c["call"] == "run_end"]
+    return int(end["args"]["prefill_tokens"])
+
+
+def saved(srv: ServeProcess) -> float:
+    for line in httpx.get(srv.url + "/metrics").text.splitlines():
+        if line.startswith("rkllm_prefill_tokens_saved_total{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_new_conversation_keeps_the_system_prompt_and_answers_the_same(
+        server: ServeProcess, client: Any) -> None:
+    ask(client, SYSTEM, "Which lights are on?")                   # the system part is prefilled
+    before = saved(server)
+    kept, kept_calls = one_request(server, client, SYSTEM, "Is the heating on?")
+    assert clear_of(kept_calls) == 1
+    assert not any(c["call"] == "rkllm_set_chat_template" for c in kept_calls)
+    (run,) = [c for c in kept_calls if c["call"] == "rkllm_run"]
+    assert run["args"]["rkllm_input"]["prompt_input"] == "Is the heating on?"
+    # the same request after another system prompt took the kv cache: a full prefill
+    ask(client, OTHER, "Ahoy?")
+    full, full_calls = one_request(server, client, SYSTEM, "Is the heating on?")
+    assert clear_of(full_calls) == 0
+    assert any(c["call"] == "rkllm_set_chat_template" for c in full_calls)
+    system_tokens = prefilled(full_calls) - prefilled(kept_calls)
+    assert system_tokens >= len(SYSTEM.split())                   # the system prompt's tokens
+    assert kept.usage.prompt_tokens == prefilled(kept_calls)      # the runtime's own count
+    assert saved(server) - before == system_tokens                # counted once, by /metrics
+    assert kept.choices[0].message.content == full.choices[0].message.content
+
+
+def test_tools_are_part_of_the_system_prompt_kept(server: ServeProcess, client: Any) -> None:
+    ask(client, SYSTEM, "Anything?", tools=TOOLS)
+    kept, kept_calls = one_request(server, client, SYSTEM, "Weather in Oslo?", tools=TOOLS)
+    assert clear_of(kept_calls) == 1
+    assert not any(c["call"] == "rkllm_set_function_tools" for c in kept_calls)
+    # other tools (same system prompt): declared again, and prefilled in full
+    _, other_calls = one_request(server, client, SYSTEM, "Weather in Oslo?", tools=OTHER_TOOLS)
+    assert clear_of(other_calls) == 0
+    (declared,) = [c for c in other_calls if c["call"] == "rkllm_set_function_tools"]
+    assert "set_light" in json.dumps(declared["args"])
+    full, full_calls = one_request(server, client, SYSTEM, "Weather in Oslo?", tools=TOOLS)
+    assert clear_of(full_calls) == 0
+    assert prefilled(full_calls) > prefilled(kept_calls)
+    assert kept.choices[0].message == full.choices[0].message
+    # the same tools under another system prompt are another system part
+    _, calls = one_request(server, client, OTHER, "Weather in Oslo?", tools=TOOLS)
+    assert clear_of(calls) == 0
+
+
+def test_after_an_answer_cut_by_max_tokens_the_system_prompt_stays(
+        server: ServeProcess, client: Any) -> None:
+    """What the kv cache holds after a cut answer is not what the client saw: the
+    conversation is prefilled again, but not the system prompt."""
+    cut = ask(client, SYSTEM, "Tell me about the kitchen lights", max_tokens=3)
+    assert cut.choices[0].finish_reason == "length"
+    answer = cut.choices[0].message.content or ""
+    turns = ("Tell me about the kitchen lights", answer, "And the hall?")
+    kept, kept_calls = one_request(server, client, SYSTEM, *turns)
+    assert clear_of(kept_calls) == 1
+    (run,) = [c for c in kept_calls if c["call"] == "rkllm_run"]
+    text = run["args"]["rkllm_input"]["prompt_input"]
+    assert text.startswith(turns[0]) and answer in text and text.endswith(turns[2])
+    ask(client, OTHER, "Ahoy?")
+    full, full_calls = one_request(server, client, SYSTEM, *turns)
+    assert clear_of(full_calls) == 0
+    assert prefilled(full_calls) > prefilled(kept_calls)
+    assert kept.choices[0].message.content == full.choices[0].message.content
+
+
+def test_a_run_stopped_before_its_first_token_is_not_trusted(tmp_path: Path) -> None:
+    """A client that leaves before the first token: what the kv cache starts with is not
+    known, so the next conversation is prefilled in full."""
+    with ServeProcess(["demo", "--runtime", "sim:1.3.0"], tmp_path,
+                      env={"RKLLM_SIM_STALL_MS": "60000"}) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0,
+                               timeout=1.0)
+        with pytest.raises(openai.APITimeoutError):
+            ask(client, SYSTEM, "Which lights are on?")
+        for _ in range(200):  # the server noticed the disconnect and aborted
+            if srv.trace("rkllm_abort"):
+                break
+            httpx.get(srv.url + "/health")
+        assert srv.trace("rkllm_abort")
+        # what follows would wait for the stall again: the kv cache call is enough
+        start = len(srv.trace())
+        slow = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=0.5)
+        with pytest.raises(openai.APITimeoutError):
+            ask(slow, SYSTEM, "Is the heating on?")
+        for _ in range(200):
+            calls = calls_of(srv, start)
+            if any(c["call"] == "rkllm_clear_kv_cache" for c in calls):
+                break
+            httpx.get(srv.url + "/health")
+        assert clear_of(calls) == 0
