@@ -144,10 +144,15 @@ def test_after_an_answer_cut_by_max_tokens_the_system_prompt_stays(
     assert kept.choices[0].message.content == full.choices[0].message.content
 
 
-def test_a_run_stopped_before_its_first_token_is_not_trusted(tmp_path: Path) -> None:
-    """A client that leaves before the first token: what the kv cache starts with is not
-    known, so the next conversation is prefilled in full."""
-    with ServeProcess(["demo", "--runtime", "sim:1.3.0"], tmp_path,
+@pytest.mark.parametrize("saving", [False, True], ids=["kept", "saving-its-cache"])
+def test_a_run_stopped_before_its_first_token_is_not_trusted(tmp_path: Path,
+                                                             saving: bool) -> None:
+    """A client that leaves before the first token (of the answer, or of the short run that
+    saves the system part's prompt cache): what the kv cache starts with is not known, so the
+    next conversation is prefilled in full, and no cache file is left."""
+    cache = tmp_path / "prompt-cache"
+    extra = ["--prompt-cache", str(cache)] if saving else []
+    with ServeProcess(["demo", "--runtime", "sim:1.3.0", *extra], tmp_path,
                       env={"RKLLM_SIM_STALL_MS": "60000"}) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0,
                                timeout=1.0)
@@ -169,3 +174,74 @@ def test_a_run_stopped_before_its_first_token_is_not_trusted(tmp_path: Path) -> 
                 break
             httpx.get(srv.url + "/health")
         assert clear_of(calls) == 0
+        for _ in range(200):  # that client left too: the server is idle again
+            if httpx.get(srv.url + "/health").json()["status"] == "ready":
+                break
+        assert httpx.get(srv.url + "/health").json()["status"] == "ready"
+        assert not list(cache.glob("*/*")) if saving else not cache.exists()
+
+
+# ---- saved prompt caches (--prompt-cache DIR) -------------------------------------------------
+
+def test_a_system_prompt_seen_before_starts_from_its_saved_prompt_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "prompt-cache"
+    with ServeProcess(["demo", "--runtime", "sim:1.3.0", "--prompt-cache", str(cache)],
+                      tmp_path) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        # first sight: a short run saves the system part's cache, the answer keeps it
+        first, first_calls = one_request(srv, client, SYSTEM, "Which lights are on?")
+        runs = [c for c in first_calls if c["call"] == "rkllm_run"]
+        assert len(runs) == 2
+        saving = runs[0]["args"]["rkllm_infer_params"]
+        assert saving["prompt_cache_params"]["save_prompt_cache"] == 1
+        assert saving["max_new_tokens"] == 1
+        (saved_file,) = cache.glob("*/*.rkpc")
+        # another system prompt takes the kv cache; then the first one comes back
+        ask(client, OTHER, "Ahoy?")
+        before = saved(srv)
+        again, calls = one_request(srv, client, SYSTEM, "Is the heating on?")
+        loads = [c for c in srv.trace("rkllm_load_prompt_cache")
+                 if c["time"] >= calls[0]["time"]]
+        assert [c["args"]["prompt_cache_path"] for c in loads] == [str(saved_file)]
+        assert clear_of(calls) == 0
+        (end,) = [c for c in calls if c["call"] == "run_end"]
+        system_tokens = int(saved_file.name.rsplit("-", 1)[1].split(".")[0])
+        assert end["args"]["cached_tokens"] >= system_tokens > len(SYSTEM.split())
+        assert saved(srv) - before == system_tokens
+        # the first sight's answer and this one are the answers of a server without caches
+    (tmp_path / "plain").mkdir()
+    with ServeProcess(["demo", "--runtime", "sim:1.3.0"], tmp_path / "plain") as plain:
+        client = openai.OpenAI(base_url=plain.url + "/v1", api_key="x", max_retries=0)
+        assert first.choices[0].message.content == \
+            ask(client, SYSTEM, "Which lights are on?").choices[0].message.content
+        assert again.choices[0].message.content == \
+            ask(client, SYSTEM, "Is the heating on?").choices[0].message.content
+
+
+def test_a_saved_prompt_cache_survives_a_restart_and_a_bad_one_is_dropped(
+        tmp_path: Path) -> None:
+    cache = tmp_path / "prompt-cache"
+    args = ["demo", "--runtime", "sim:1.3.0", "--prompt-cache", str(cache)]
+    runs = iter(range(3))
+
+    def server() -> ServeProcess:  # each with a trace of its own
+        run = tmp_path / f"run{next(runs)}"
+        run.mkdir()
+        return ServeProcess(args, run)
+
+    with server() as srv:
+        ask(openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0),
+            SYSTEM, "Which lights are on?")
+    (saved_file,) = cache.glob("*/*.rkpc")
+    with server() as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        ask(client, SYSTEM, "Is the heating on?")
+        (end,) = srv.trace("run_end")
+        assert end["args"]["cached_tokens"] > len(SYSTEM.split())
+    saved_file.write_bytes(saved_file.read_bytes()[:-7])  # truncated
+    with server() as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        got = ask(client, SYSTEM, "Is the heating on?")  # answered all the same
+        assert got.choices[0].finish_reason == "stop"
+        assert [c["rc"] for c in srv.trace("rkllm_load_prompt_cache")] == [-1]
+        assert not saved_file.exists()

@@ -9,6 +9,8 @@ the conversation after it (every turn, the answers exactly as the client receive
 - Any other request with the same system part clears the cache but keeps the system part
   (``clear_kv_cache(keep_system_prompt=1)``, the runtime's own prompt cache for it), and sends
   its earlier turns and the new one in one run.
+- A system part seen before whose prompt cache the runtime saved (``--prompt-cache DIR``,
+  rkllm.serve.prompt_cache) is loaded from its file instead of being prefilled again.
 - Anything else clears the cache and prefills in full.
 
 A run's text is the turns written out by the chat template, less the first prefix and the last
@@ -26,11 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkllm import params as P
 from rkllm.chat import TEMPLATES, ChatTemplate, check_messages, detect_template
+from rkllm.errors import RKLLMError
 from rkllm.serve.errors import APIError
+from rkllm.serve.prompt_cache import CacheFiles, PrimedStream
 
 if TYPE_CHECKING:
     from rkllm.aio import AsyncStream
@@ -57,7 +62,7 @@ class Held:
 class Started:
     """A run just started: its stream, and how it was started."""
 
-    stream: AsyncStream
+    stream: AsyncStream | PrimedStream
     reused: bool          # only the new messages were sent
     saved_tokens: int     # prompt tokens not prefilled again
     request: Held         # the conversation up to (and including) the new messages
@@ -85,9 +90,14 @@ def _turns(msgs: Sequence[Mapping[str, str]]) -> Turns:
 class Conversation:
     """The kv-cache state of one loaded model (made when the model is loaded)."""
 
-    def __init__(self, llm: LLM, template: str | None = None) -> None:
+    def __init__(self, llm: LLM, template: str | None = None,
+                 cache_dir: str | Path | None = None) -> None:
         self.llm = llm
         self.keep = P.family_key(llm.family) >= P.family_key("1.2.0")
+        # saved prompt caches: their size is read from the kv cache (1.2.1+)
+        self.files = CacheFiles(cache_dir, llm) if cache_dir and P.family_key(llm.family) >= \
+            P.family_key(P.RUN_FEATURES["kv_cache_size"]) else None
+        self._loaded = False  # a saved prompt cache is loaded in the runtime
         if template is not None and template not in TEMPLATES:
             raise APIError(500, f"unknown chat template {template!r} in the config; known: "
                                 f"{', '.join(TEMPLATES)}", code="bad_config")
@@ -115,6 +125,7 @@ class Conversation:
         own template, no tools, an empty kv cache (a run starts from what the cache holds)."""
         self.held = None
         self._run_settings = None
+        self._release()
         if self.keep:
             self._apply(self._settings_for(None, [], None))
             self.llm.clear_kv_cache()
@@ -129,6 +140,7 @@ class Conversation:
         held = self.held
         self.held = None  # until this answer has ended well
         self._run_settings = None
+        self._release()
         if not self.keep:
             prompt = self._render_all(system, history, new)
             return Started(self.llm.agenerate(prompt, chunked=True, **options), False, 0, request)
@@ -148,11 +160,33 @@ class Conversation:
             saved = 0
         self._kv_system = None  # until this run is past its prefill
         text = self._fold(history + new if in_text else new)
+        if saved == 0 and in_text and self.files is not None and self.template is not None \
+                and wanted[0] is not None:
+            key = CacheFiles.key(wanted, self.template)
+            found = self.files.find(key)
+            if found is None:
+                self._run_settings = self._settings
+                primed = PrimedStream(self.llm, self.template, self.files, key, wanted[0],
+                                      lambda: self._stream(text, options))
+                return Started(primed, False, 0, request)
+            try:
+                self.llm.load_prompt_cache(found[0])
+                self._loaded, saved = True, found[1]
+            except RKLLMError:
+                self.files.drop(found[0])
         return self._run(text, False, saved, request, options)
+
+    def _release(self) -> None:
+        if self._loaded:
+            self._loaded = False
+            self.llm.release_prompt_cache()
+
+    def _stream(self, text: str, options: dict[str, Any]) -> AsyncStream:
+        return self.llm.agenerate(text, chunked=True, keep_history=True, **options)
 
     def _run(self, text: str, reused: bool, saved: int, request: Held,
              options: dict[str, Any]) -> Started:
-        stream = self.llm.agenerate(text, chunked=True, keep_history=True, **options)
+        stream = self._stream(text, options)
         self._run_settings = self._settings
         return Started(stream, reused, saved, request)
 
