@@ -43,12 +43,15 @@ def client(server: ServeProcess) -> Any:
 
 
 def ask(client: Any, system: str, *turns: str, tools: list[Any] | None = None,
-        **extra: Any) -> Any:
-    """One request: the system prompt, then user / assistant / user ... turns."""
+        greedy: bool = True, **extra: Any) -> Any:
+    """One request: the system prompt, then user / assistant / user ... turns (greedy:
+    temperature 0, which needs 1.3.0's per-request sampling)."""
     messages = [{"role": "system", "content": system}]
     messages += [{"role": "user" if i % 2 == 0 else "assistant", "content": text}
                  for i, text in enumerate(turns)]
-    return client.chat.completions.create(model="demo", messages=messages, temperature=0,
+    if greedy:
+        extra["temperature"] = 0
+    return client.chat.completions.create(model="demo", messages=messages,
                                           **({"tools": tools} if tools else {}), **extra)
 
 
@@ -245,3 +248,25 @@ def test_a_saved_prompt_cache_survives_a_restart_and_a_bad_one_is_dropped(
         assert got.choices[0].finish_reason == "stop"
         assert [c["rc"] for c in srv.trace("rkllm_load_prompt_cache")] == [-1]
         assert not saved_file.exists()
+
+
+@pytest.mark.parametrize("family", ["1.2.0", "1.2.1"])
+def test_older_runtimes_keep_the_system_prompt_and_save_its_cache_from_1_2_1(
+        tmp_path: Path, family: str) -> None:
+    cache = tmp_path / "prompt-cache"
+    with ServeProcess(["demo", "--runtime", f"sim:{family}", "--prompt-cache", str(cache)],
+                      tmp_path) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        first, _ = one_request(srv, client, SYSTEM, "Which lights are on?", greedy=False)
+        kept, kept_calls = one_request(srv, client, SYSTEM, "Is the heating on?", greedy=False)
+        assert clear_of(kept_calls) == 1
+        ask(client, OTHER, "Ahoy?", greedy=False)
+        full, full_calls = one_request(srv, client, SYSTEM, "Is the heating on?",
+                                       greedy=False)
+        assert kept.choices[0].message.content == full.choices[0].message.content
+        if family == "1.2.0":  # no kv_cache_size: no saved caches (their size is unknown)
+            assert not cache.exists()
+            assert clear_of(full_calls) == 0
+        else:
+            (end,) = [c for c in full_calls if c["call"] == "run_end"]
+            assert end["args"]["cached_tokens"] > len(SYSTEM.split())
