@@ -89,17 +89,22 @@ def test_answers_equal_a_full_re_prefill(server: ServeProcess) -> None:
     assert full == kept
 
 
-def test_a_changed_history_is_prefilled_in_full(server: ServeProcess, tmp_path: Path) -> None:
+def test_a_changed_history_is_prefilled_again(server: ServeProcess, tmp_path: Path) -> None:
+    """The system part stays in the kv cache; the edited conversation is prefilled again."""
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
     first = client.chat.completions.create(model="demo", max_tokens=8, messages=[
         {"role": "user", "content": TURNS[0]}])
+    edit = (first.choices[0].message.content or "") + " X"
     edited = [{"role": "user", "content": TURNS[0]},
-              {"role": "assistant", "content": (first.choices[0].message.content or "") + " X"},
+              {"role": "assistant", "content": edit},
               {"role": "user", "content": TURNS[1]}]
     start = len(server.trace())
     client.chat.completions.create(model="demo", messages=edited, max_tokens=8)
-    calls = [c["call"] for c in runs_since(server, start)]
-    assert calls == ["rkllm_set_chat_template", "rkllm_clear_kv_cache", "rkllm_run"]
+    calls = runs_since(server, start)
+    assert [c["call"] for c in calls] == ["rkllm_clear_kv_cache", "rkllm_run"]
+    assert calls[0]["args"]["keep_system_prompt"] == 1
+    text = calls[1]["args"]["rkllm_input"]["prompt_input"]
+    assert text.startswith(TURNS[0]) and edit in text and text.endswith(TURNS[1])
 
 
 def test_runtime_1_1_renders_the_whole_conversation_every_turn(tmp_path: Path) -> None:

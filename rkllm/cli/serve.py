@@ -52,6 +52,9 @@ def register(sub: Any) -> None:
                    help="switch off pull, delete, load/unload and drain routes")
     p.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
                    help="allow browser requests from ORIGIN (CORS is off by default)")
+    p.add_argument("--prompt-cache", metavar="DIR", default=None,
+                   help="save the runtime's prompt caches of system prompts here, and start "
+                        "conversations from them (1.2.1+; off by default: see docs/serve.md)")
     p.add_argument("--verbose", action="store_true", help="timings in the request log")
     p.set_defaults(func=cmd_serve)
 
@@ -78,6 +81,8 @@ def settings_from(args: argparse.Namespace) -> Any:
         settings.keep_alive = parse_duration(args.keep_alive)
     settings.allowed_dirs += [os.path.realpath(os.path.expanduser(d)) for d in args.allow_dir]
     settings.cors_origins += args.cors
+    if args.prompt_cache:
+        settings.prompt_cache_dir = os.path.expanduser(args.prompt_cache)
     return settings
 
 

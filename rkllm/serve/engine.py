@@ -20,6 +20,7 @@ from rkllm.serve.conversation import Conversation, Held, recorded_answer
 if TYPE_CHECKING:
     from rkllm.aio import AsyncStream
     from rkllm.serve.metrics import Metrics
+    from rkllm.serve.prompt_cache import PrimedStream
     from rkllm.serve.scheduler import Slot
     from rkllm.stream import Perf
 
@@ -69,7 +70,7 @@ class StopScanner:
 def conversation_of(slot: Slot) -> Conversation:
     if slot.conversation is None:
         assert slot.llm is not None
-        slot.conversation = Conversation(slot.llm, slot.spec.template)
+        slot.conversation = Conversation(slot.llm, slot.spec.template, slot.prompt_cache_dir)
     conv: Conversation = slot.conversation
     return conv
 
@@ -93,7 +94,7 @@ class Answer:
         self.first_token_at: float | None = None
         self._stop_hit = False
         self._request: Held | None = None
-        self._stream: AsyncStream
+        self._stream: AsyncStream | PrimedStream
         self.reused = False
         if job.messages is not None:
             started = self.conv.start(job.messages, job.tools, job.options)
@@ -172,8 +173,10 @@ class Answer:
                              reason="disconnect" if not clean else "abort")
         if self._request is not None:
             natural = clean and not self._stop_hit and self._stream.finish_reason == "stop"
+            prefilled = self.first_token_at is not None or \
+                self._stream.finish_reason in ("stop", "length")
             self.conv.answered(self._request, recorded_answer(
-                self.text or None, self.tool_calls) if natural else None)
+                self.text or None, self.tool_calls) if natural else None, prefilled)
         perf = self.perf
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s, first token %s, %d token(s), prefill %s token(s)%s, %s", self.model,

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 class Slot:
     """A model the server knows: loaded or not, its queue, what its kv cache holds."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, prompt_cache_dir: str | None = None) -> None:
         self.spec = spec
+        self.prompt_cache_dir = prompt_cache_dir  # saved prompt caches (None: not used)
         self.llm: LLM | None = None
         self.loading = False
         self.lock = asyncio.Lock()   # FIFO: asyncio hands the lock to the oldest waiter
@@ -126,7 +127,7 @@ class Scheduler:
         if slot is None or slot.spec != spec:
             if slot is not None and slot.llm is not None:  # same name, new file: drop the old
                 self._schedule_unload(slot, 0)
-            slot = self.slots[spec.name] = Slot(spec)
+            slot = self.slots[spec.name] = Slot(spec, self.settings.prompt_cache_dir)
         return slot
 
     # ---- a request's turn -----------------------------------------------------------------

@@ -10,11 +10,13 @@ The config file (JSON, or TOML on Python 3.11+) names models the way an Ollama M
       },
       "allowed_dirs": ["/srv/models"],
       "max_loaded": 2, "queue_size": 16, "queue_timeout": 600, "keep_alive": "5m",
-      "sse_keepalive": 5
+      "sse_keepalive": 5, "prompt_cache": "~/.cache/rkllm/prompt-cache"
     }
 
 ``params`` are load-time parameters (``rkllm.LLM(**params)``); ``options`` are per-request
 defaults (``temperature``, ``top_p``, ``top_k``, ``max_tokens``, penalties) a request may override.
+``prompt_cache`` (``--prompt-cache DIR``) is where the runtime's saved prompt caches of system
+prompts go (rkllm.serve.prompt_cache); without it none are saved.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Settings:
     keepalive_interval: float = 5.0   # seconds of silence before an SSE comment
     cors_origins: list[str] = field(default_factory=list)
     default_params: dict[str, Any] = field(default_factory=dict)  # load params for every model
+    prompt_cache_dir: str | None = None  # saved prompt caches of system prompts (None: off)
 
 
 def parse_duration(value: Any, what: str = "keep_alive") -> float:
@@ -87,7 +90,7 @@ def parse_duration(value: Any, what: str = "keep_alive") -> float:
 
 _TOP_KEYS = {"models", "allowed_dirs", "max_loaded", "queue_size", "queue_timeout",
              "keep_alive", "grace", "max_body", "cors_origins", "name", "read_only",
-             "params", "sse_keepalive"}
+             "params", "sse_keepalive", "prompt_cache"}
 _ALIAS_KEYS = {"model", "system", "options", "params", "template", "keep_alive"}
 
 
@@ -141,4 +144,6 @@ def load_config(path: str, settings: Settings) -> Settings:
                               for d in cfg.get("allowed_dirs") or []]
     settings.cors_origins += list(cfg.get("cors_origins") or [])
     settings.default_params.update(cfg.get("params") or {})
+    if cfg.get("prompt_cache"):
+        settings.prompt_cache_dir = os.path.expanduser(str(cfg["prompt_cache"]))
     return settings
