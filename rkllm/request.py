@@ -178,12 +178,12 @@ def _image_input(family: str, prompt: str, embeds: Any, n_image_tokens: Any, n_i
     rows = per_image * count
     _fits(rows, limit, "the image input (n_images x n_image_tokens)")
     view = ll.float32_view(embeds, "image_embeddings")
-    width = embedding_size()
-    _check_floats(view, rows, width, "image_embeddings",
+    embed_size = embedding_size()
+    _check_floats(view, rows, embed_size, "image_embeddings",
                   "n_images x n_image_tokens" if many else "n_image_tokens")
     out: dict[str, Any] = dict(
         input_type=ll.INPUT_MULTIMODAL, prompt=check_text(prompt, "prompt"), image_embed=view,
-        embed_size=width,
+        embed_size=embed_size,
         n_image_tokens=per_image, n_image=count, image_width=width, image_height=height)
     if markers is not None:
         P.require(family, "image_markers", "image_markers per run")

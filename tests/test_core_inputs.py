@@ -5,6 +5,7 @@ OverflowError/IndexError/AttributeError, or a buffer read as the wrong type."""
 from __future__ import annotations
 
 import array
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +92,31 @@ def test_numpy_float32_is_taken_float64_refused(small: rkllm.LLM) -> None:
     # token ids as a numpy array (numpy's integers are ints by operator.index)
     ids = small.complete(PROMPT, max_new_tokens=4).token_ids
     assert small.complete(tokens=np.array(ids, np.int32), max_new_tokens=4).token_ids
+
+
+def _values(node: Any, key: str) -> list[Any]:
+    """Every value of ``key`` anywhere in a parsed JSON document."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == key] + \
+            [x for v in node.values() for x in _values(v, key)]
+    if isinstance(node, list):
+        return [x for v in node for x in _values(v, key)]
+    return []
+
+
+def test_image_size_reaches_the_runtime_as_given(small: rkllm.LLM, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image's width and height, not the embedding width, go in the run's input."""
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("RKLLM_SIM_TRACE", str(trace))
+    floats = array.array("f", [0.25] * (4 * small.embedding_size))
+    small.complete("<image>What is in the picture?", image_embeddings=floats,
+                   n_image_tokens=4, image_size=(640, 480), max_new_tokens=2)
+    runs = [json.loads(line) for line in trace.read_text().splitlines()
+            if '"call":"rkllm_run"' in line]
+    sized = rkllm.params.family_key(small.family) >= (1, 2, 1)  # the ABI has them from 1.2.1
+    assert _values(runs[-1], "image_width") == ([640] if sized else [])
+    assert _values(runs[-1], "image_height") == ([480] if sized else [])
 
 
 def test_image_embeddings_are_checked(small: rkllm.LLM) -> None:
