@@ -270,3 +270,30 @@ def test_older_runtimes_keep_the_system_prompt_and_save_its_cache_from_1_2_1(
         else:
             (end,) = [c for c in full_calls if c["call"] == "run_end"]
             assert end["args"]["cached_tokens"] > len(SYSTEM.split())
+
+
+def test_a_tool_round_trip_answers_the_same_kept_or_prefilled_in_full(
+        server: ServeProcess, client: Any) -> None:
+    """The tool's result is the last turn either way: the model answers it (it does not call
+    the tool again because the earlier call is in the same run's text)."""
+    messages: list[Any] = [{"role": "system", "content": SYSTEM},
+                           {"role": "user", "content": "Use get_weather for Oslo"}]
+    call = client.chat.completions.create(model="demo", messages=messages, tools=TOOLS,
+                                          temperature=0).choices[0].message
+    assert call.tool_calls and call.tool_calls[0].function.name == "get_weather"
+    messages += [call.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.tool_calls[0].id,
+                  "content": '{"temperature": 5}'}]
+    start = len(server.trace())
+    kept = client.chat.completions.create(model="demo", messages=messages, tools=TOOLS,
+                                          temperature=0).choices[0]
+    (run,) = [c for c in calls_of(server, start) if c["call"] == "rkllm_run"]
+    assert run["args"]["rkllm_input"]["prompt_input"].startswith("<tool_response>")
+    ask(client, OTHER, "Ahoy?")
+    start = len(server.trace())
+    full = client.chat.completions.create(model="demo", messages=messages, tools=TOOLS,
+                                          temperature=0).choices[0]
+    assert clear_of(calls_of(server, start)) == 0
+    assert kept.finish_reason == full.finish_reason == "stop"
+    assert not kept.message.tool_calls and kept.message.content
+    assert kept.message == full.message

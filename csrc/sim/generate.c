@@ -530,9 +530,8 @@ int sim_execute(sim_handle *h, sim_job *job)
         int think = 0, end_after_script = 0;
         char tool[128];
 #if SIM_FAMILY >= 121
-        int user_turn = !job->role || strcmp(job->role, "tool") != 0;
-        if (job->input_type == RKLLM_INPUT_PROMPT && user_turn && h->tools &&
-            sim_find_tool(h->tools, job->prompt, tool, sizeof tool)) {
+        if (job->input_type == RKLLM_INPUT_PROMPT && h->tools &&
+            sim_find_tool(h, job, tool, sizeof tool)) {
             char call[256];
             snprintf(call, sizeof call, "<tool_call>\n{\"name\": \"%s\", \"arguments\": {}}\n</tool_call>", tool);
             script_n = sim_tokenize(m, call, strlen(call), script, 256);

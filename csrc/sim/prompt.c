@@ -61,9 +61,27 @@ static long tokenize(sim_handle *h, const char *text, int32_t *out, long cap)
     return sim_tokenize(h->model, text, len, out, cap);
 }
 
-/* The first tool name from a JSON tools list that the prompt mentions, copied into name. */
-int sim_find_tool(const char *tools, const char *prompt, char *name, size_t cap)
+/* The first tool name from a JSON tools list that the run's last turn mentions, copied into
+ * name. The last turn is what follows the template's last user prefix in the run's text (a
+ * client may send several turns in one run); a tool's response there calls nothing, so the
+ * answer depends on the conversation, not on how it was split into runs. */
+int sim_find_tool(const sim_handle *h, const sim_job *job, char *name, size_t cap)
 {
+#if SIM_FAMILY >= 121
+    const char *tools = h->tools, *prompt = job->prompt;
+    const char *tag = h->tool_response ? h->tool_response : "tool_response";
+    if (!prompt || (job->role && strcmp(job->role, "tool") == 0))
+        return 0;
+    const char *prefix = h->prompt_prefix;
+    for (const char *p; prefix && *prefix && (p = strstr(prompt, prefix));)
+        prompt = p + strlen(prefix);
+    size_t tag_n = strlen(tag);
+    if (prompt[0] == '<' && strncmp(prompt + 1, tag, tag_n) == 0 && prompt[1 + tag_n] == '>')
+        return 0;
+#else
+    const char *tools = NULL, *prompt = NULL;
+    (void)h, (void)job;
+#endif
     const char *p = tools;
     while (tools && prompt && (p = strstr(p, "\"name\""))) {
         p += 6;

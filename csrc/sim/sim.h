@@ -246,8 +246,9 @@ int sim_execute(sim_handle *h, sim_job *job);
  * kv cache is empty; *sys_n its length); -1 with a message in err. */
 long sim_prompt_tokens(sim_handle *h, const sim_job *job, int32_t *buf, long cap, long *sys_n, char *err,
                        size_t errlen);
-/* The first tool name of a JSON tools list that the prompt mentions, copied into name. */
-int sim_find_tool(const char *tools, const char *prompt, char *name, size_t cap);
+/* The first tool name of the JSON tools list that the run's last user turn mentions (not a
+ * tool's response), copied into name. */
+int sim_find_tool(const sim_handle *h, const sim_job *job, char *name, size_t cap);
 /* RKLLM_SIM_FAULT=late_callback: one more NORMAL callback, after the run was aborted. */
 void sim_late_callback(sim_handle *h, void *userdata);
 void sim_job_free(sim_job *job);
