@@ -79,6 +79,7 @@ class CoreLLM:
             self._check_model(info)
         # the runtime adds nothing around a prompt before 1.2.0 (no chat template)
         self._bare_template = P.family_key(self.family) < P.family_key("1.2.0")
+        self._cross_attn_set = False  # a use_cross_attn model runs only after they are set
         self._model = ll.Model(self.runtime, self.model_path, self.params)
 
     def _check_model(self, info: ModelInfo) -> None:
@@ -145,6 +146,9 @@ class CoreLLM:
         """Checks a run's input and options (see :meth:`generate`) against the loaded release
         and model; returns the :class:`~rkllm.request.RunRequest` for :meth:`start`."""
         self._live()
+        if self.params.get("use_cross_attn") and not self._cross_attn_set:
+            raise ParamError("the model was loaded with use_cross_attn=True: call "
+                             "set_cross_attn_params(...) before a run")
         return build_request(self.family, self.params, prompt, mode=mode, loras=self._loras,
                              embedding_size=lambda: self.embedding_size,
                              vocab_size=self._model_facts.get("vocab_size"), options=options,
@@ -319,6 +323,9 @@ class CoreLLM:
                               encoder_mask: Any, encoder_pos: Sequence[int]) -> None:
         """The encoder outputs for cross attention (1.2.1+; load with use_cross_attn=True):
         float32 caches of equal length, and one mask value and position per encoder token."""
+        if "use_cross_attn" in P.schema(self.family) and not self.params["use_cross_attn"]:
+            raise ParamError("set_cross_attn_params needs the model loaded with "
+                             "use_cross_attn=True")
         if isinstance(encoder_pos, (str, bytes)) or not isinstance(encoder_pos, Sequence):
             raise ParamTypeError("encoder_pos must be a sequence of ints")
         pos = [check_int(p, f"encoder_pos[{i}]", -P.INT32_MAX - 1)
@@ -327,6 +334,7 @@ class CoreLLM:
             raise ParamError(f"encoder_pos has {len(pos)} tokens; at most max_context_len "
                              f"({self.context_length}) fit")
         self._live().set_cross_attn_params(encoder_k_cache, encoder_v_cache, encoder_mask, pos)
+        self._cross_attn_set = True
 
     # ---- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
