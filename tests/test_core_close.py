@@ -84,21 +84,23 @@ def test_close_from_another_thread_ends_the_readers_loop_normally(
 @pytest.mark.timeout(120)
 def test_a_reader_between_pieces_never_reads_the_next_run(llm: rkllm.LLM, ref: str) -> None:
     """The reader holds a piece while its stream is closed and a new run starts; when it
-    goes on, its loop ends, and the new run's text is whole (before the fix the old loop
+    goes on, it gets at most the rest of the batch it had already pulled (the old run's
+    text), its loop ends, and the new run's text is whole (before the fix the old loop
     pulled the new run's pieces, or its reader got BusyError)."""
+    longer = llm.complete(PROMPT, max_new_tokens=400).text  # the old run's text, as it goes
     for i in range(iterations(20)):
         stream = llm.generate(PROMPT, max_new_tokens=ENDLESS)
         holding, resume = threading.Event(), threading.Event()
         outcome: list[Any] = []
+        old: list[str] = []
 
         def read(stream: rkllm.Stream = stream) -> None:
             try:
-                n = 0
-                for _ in stream:
-                    n += 1
+                for piece in stream:
+                    old.append(piece)
                     holding.set()
                     resume.wait()
-                outcome.append(n)
+                outcome.append("ok")
             except BaseException as exc:  # noqa: BLE001
                 outcome.append(repr(exc))
             finally:
@@ -112,8 +114,10 @@ def test_a_reader_between_pieces_never_reads_the_next_run(llm: rkllm.LLM, ref: s
         resume.set()  # the old loop goes on while the new run streams
         text = "".join(new)
         reader.join(30)
-        assert outcome == [1], f"iteration {i}: the old loop went on with {outcome}"
+        assert outcome == ["ok"], f"iteration {i}: the old loop ended with {outcome}"
         assert text == ref, f"iteration {i}: the new run lost pieces: {text!r}"
+        assert longer.startswith("".join(old)) and len(old) < 400, (
+            f"iteration {i}: the old loop read more than its own run: {old!r}")
         assert_usable(llm, ref)
 
 
