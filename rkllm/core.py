@@ -261,8 +261,14 @@ class CoreLLM:
         starts, ends = slots(start_pos, "start_pos"), slots(end_pos, "end_pos")
         if (starts is None) != (ends is None):
             raise ParamError("give both start_pos and end_pos, or neither")
-        if starts is not None and ends is not None and any(map(int.__gt__, starts, ends)):
-            raise ParamError(f"start_pos {starts} must not be after end_pos {ends}")
+        if starts is not None and ends is not None:
+            if any(map(int.__gt__, starts, ends)):
+                raise ParamError(f"start_pos {starts} must not be after end_pos {ends}")
+            held = self.kv_cache_size()  # the runtime refuses a range past what it holds
+            for i, (end, size) in enumerate(zip(ends, held)):
+                if end > size:
+                    raise ParamError(f"end_pos[{i}] must be between 0 and {size} (the tokens "
+                                     f"the kv cache holds in batch slot {i}), got {end}")
         self._live().clear_kv_cache(keep_system_prompt, starts, ends)
 
     def kv_cache_size(self) -> list[int]:
