@@ -447,7 +447,7 @@ def image_property(examples: int) -> None:
                 n_images=images, image_size=image_size, max_new_tokens=4))
             counts = [v for v in (tokens, images)
                       if isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**31]
-            good_size = isinstance(image_size, tuple) and len(image_size) == 2 and all(
+            good_size = isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in image_size)
             names = ("image_embeddings", "n_image_tokens", "n_images", "float32", "image_size")
             if not good_size and len(counts) == 2:
