@@ -4,7 +4,11 @@ The shim hands over batches (complete UTF-8 text plus per-token code-point offse
 piece per token is one slice, and a chunk per batch is free. Cancellation: leaving the loop
 (``break``), ``close()``, garbage collection of a half-read stream and ``KeyboardInterrupt``
 all end the run the same way: the shim aborts the runtime and waits for its last callback,
-and the model is ready for the next run.
+and the model is ready for the next run. ``close()`` may come from any thread: the reader's
+loop then just ends.
+
+(Over 400 lines: a run's state, its reader and the Stream share one lifetime protocol, which
+reads best in one place; the result types before them are what a run gives back.)
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from types import GeneratorType
+from types import FrameType, GeneratorType
 from typing import Any, cast
 
 from rkllm import _lowlevel as ll
@@ -259,7 +263,7 @@ def _ended(timeout_ms: int) -> tuple[str, list[int], bool]:
 def _runs_here(gen: GeneratorType[str, None, None]) -> bool:
     """Whether the running generator ``gen`` runs in this thread (it is on our stack)."""
     frame = gen.gi_frame
-    f = sys._getframe()
+    f: FrameType | None = sys._getframe()
     while f is not None:
         if f is frame:
             return True

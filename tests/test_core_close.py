@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from reliability_support import PROMPT, assert_usable, iterations, load, reference, sim_environment
@@ -81,6 +80,21 @@ def test_close_from_another_thread_ends_the_readers_loop_normally(
         assert stream.finish_reason == "abort" and stream.done
 
 
+def _hold_each_piece(stream: rkllm.Stream, holding: threading.Event, resume: threading.Event,
+                     pieces: list[str], outcome: list[str]) -> None:
+    """Reads ``stream``, stopping at each piece until ``resume`` is set."""
+    try:
+        for piece in stream:
+            pieces.append(piece)
+            holding.set()
+            resume.wait()
+        outcome.append("ok")
+    except BaseException as exc:  # noqa: BLE001 - which exception arrives is the test
+        outcome.append(repr(exc))
+    finally:
+        holding.set()
+
+
 @pytest.mark.timeout(120)
 def test_a_reader_between_pieces_never_reads_the_next_run(llm: rkllm.LLM, ref: str) -> None:
     """The reader holds a piece while its stream is closed and a new run starts; when it
@@ -91,22 +105,10 @@ def test_a_reader_between_pieces_never_reads_the_next_run(llm: rkllm.LLM, ref: s
     for i in range(iterations(20)):
         stream = llm.generate(PROMPT, max_new_tokens=ENDLESS)
         holding, resume = threading.Event(), threading.Event()
-        outcome: list[Any] = []
+        outcome: list[str] = []
         old: list[str] = []
-
-        def read(stream: rkllm.Stream = stream) -> None:
-            try:
-                for piece in stream:
-                    old.append(piece)
-                    holding.set()
-                    resume.wait()
-                outcome.append("ok")
-            except BaseException as exc:  # noqa: BLE001
-                outcome.append(repr(exc))
-            finally:
-                holding.set()
-
-        reader = threading.Thread(target=read, daemon=True)
+        reader = threading.Thread(target=_hold_each_piece, daemon=True,
+                                  args=(stream, holding, resume, old, outcome))
         reader.start()
         holding.wait()
         stream.close()
@@ -130,6 +132,11 @@ def test_close_before_the_loop_starts_gives_an_empty_loop(llm: rkllm.LLM, ref: s
     assert "".join(new) == ref and stream.finish_reason == "abort"
 
 
+def _close_after(stream: rkllm.Stream, event: threading.Event) -> None:
+    event.wait()
+    stream.close()
+
+
 @pytest.mark.timeout(120)
 def test_read_nowait_and_async_stream_closed_from_another_thread(llm: rkllm.LLM,
                                                                  ref: str) -> None:
@@ -138,7 +145,7 @@ def test_read_nowait_and_async_stream_closed_from_another_thread(llm: rkllm.LLM,
         for i in range(iterations(30)):
             stream = llm.generate(PROMPT, max_new_tokens=ENDLESS)
             first = threading.Event()
-            closer = threading.Thread(target=lambda s=stream: (first.wait(), s.close()))
+            closer = threading.Thread(target=_close_after, args=(stream, first))
             closer.start()
             outcome = "ok"
             try:
