@@ -292,9 +292,16 @@ class CoreLLM:
         if not isinstance(tools, (str, Sequence)):
             raise ParamTypeError(f"tools must be a JSON string or a list, got "
                                  f"{type(tools).__name__}")
-        text = tools if isinstance(tools, str) else json.dumps(list(tools))
+        text = check_text(tools if isinstance(tools, str) else json.dumps(list(tools)), "tools")
+        try:  # the runtime takes a JSON list (or object) of function definitions
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise ParamError(f"tools is not valid JSON: {exc}") from None
+        if not isinstance(parsed, (list, dict)):
+            raise ParamError(f"tools must be a JSON list (or object) of function definitions, "
+                             f"got {type(parsed).__name__}")
         self._live().set_function_tools(check_text(system_prompt, "system_prompt"),
-                                        check_text(text, "tools"),
+                                        text,
                                         check_text(tool_response_str, "tool_response_str"))
 
     def load_lora(self, path: str | os.PathLike[str], name: str | None = None,

@@ -253,6 +253,16 @@ def test_run_inputs_the_runtime_refuses(small: rkllm.LLM, tmp_path: Path) -> Non
     assert answer(small)
 
 
+def test_function_tools_must_be_a_json_list(small: rkllm.LLM) -> None:
+    if small.family < "1.2.1":
+        pytest.skip("function tools are 1.2.1+")
+    for tools, match in (("not json", "not valid JSON"), ("5", "got int"), ('"x"', "got str")):
+        with pytest.raises(ParamError, match=f"tools .*{match}"):
+            small.set_function_tools("system", tools)
+    small.set_function_tools("system", "[]")
+    assert answer(small)
+
+
 def test_image_prompt_needs_the_placeholder_and_keeps_its_size(small: rkllm.LLM) -> None:
     floats = [0.25] * (4 * small.embedding_size)
     _refused(lambda: small.complete("What is in the picture?", image_embeddings=floats,
