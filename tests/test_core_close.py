@@ -132,24 +132,26 @@ def test_close_before_the_loop_starts_gives_an_empty_loop(llm: rkllm.LLM, ref: s
     assert "".join(new) == ref and stream.finish_reason == "abort"
 
 
-def _close_after(stream: rkllm.Stream, event: threading.Event) -> None:
+def _close_after(stream: rkllm.Stream | rkllm.aio.AsyncStream, event: threading.Event) -> None:
     event.wait()
     stream.close()
 
 
 @pytest.mark.timeout(120)
-def test_read_nowait_and_async_stream_closed_from_another_thread(llm: rkllm.LLM,
+def test_async_stream_closed_from_another_thread(llm: rkllm.LLM,
                                                                  ref: str) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for i in range(iterations(30)):
             stream = llm.generate(PROMPT, max_new_tokens=ENDLESS)
+            pieces = rkllm.aio.AsyncStream(stream)
             first = threading.Event()
-            closer = threading.Thread(target=_close_after, args=(stream, first))
+            closer = threading.Thread(target=_close_after,
+                                      args=(stream if i % 2 else pieces, first))
             closer.start()
             outcome = "ok"
             try:
-                async for _ in rkllm.aio.AsyncStream(stream):
+                async for _ in pieces:
                     first.set()
             except BaseException as exc:  # noqa: BLE001
                 outcome = repr(exc)
