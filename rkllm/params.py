@@ -167,15 +167,20 @@ def check_value(spec: Spec, value: Any, *, cores: int | None = None, where: str 
     elif kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamTypeError(f"{label} must be a number, got {_type_name(value)} {value!r}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond any float
+            raise ParamError(f"{label} must be {_range(spec)}, got {value!r}") from None
         if math.isnan(value):
             raise ParamError(f"{label} must be a number, got NaN")
     assert spec.lo is not None and spec.hi is not None
     # the runtime holds floats as float32: 1e-50 reaches it as 0
-    low = float32(value) if kind == "float" else value
-    if not spec.lo <= value <= spec.hi or (spec.lo_open and low <= spec.lo):
+    if not spec.lo <= value <= spec.hi:
+        raise ParamError(f"{label} must be {_range(spec)}, got {value!r}")
+    if spec.lo_open and float32(value) <= spec.lo:
         raise ParamError(f"{label} must be {_range(spec)}, got {value!r}"
-                         + (f" ({low!r} as the runtime's float32)" if low != value else ""))
+                         + (f" ({float32(value)!r} as the runtime's float32)"
+                            if float32(value) != value else ""))
     return value
 
 

@@ -42,6 +42,7 @@ def test_wrong_type(name: str, value: object, kind: str) -> None:
     ("top_p", 1.5, "between 0.0 and 1.0"), ("max_context_len", 0, "between 1 and"),
     ("n_batch", 101, "between 1 and 100"), ("mirostat", 3, "between 0 and 2"),
     ("max_new_tokens", -2, "between -1 and"),
+    ("temperature", 10**400, "between 0.0 and 100.0, got 1000"),  # beyond any float
 ])
 def test_out_of_range_names_the_range(name: str, value: object, allowed: str) -> None:
     with pytest.raises(ParamError, match=allowed):
@@ -195,7 +196,7 @@ def test_max_context_len_within_the_model_files_limit(demo_model: str, quiet_sim
         rkllm.LLM(demo_model, runtime="sim", max_context_len=16385)
 
 
-FLOAT = st.one_of(st.floats(), st.integers(-3, 3), st.sampled_from(
+FLOAT = st.one_of(st.floats(), st.integers(-3, 3), st.integers(), st.sampled_from(
     [0.0, -0.0, 1e-50, -1e-50, 1e-45, 1e-38, 0.5, 1.0, 1.0000001, 2.0, 100.0, 100.5]))
 INT = st.one_of(st.integers(-3, 3), st.sampled_from([-2**31, 2**31 - 1, 2**31, 40, 100, 101]))
 SAMPLING = st.fixed_dictionaries({}, optional={
