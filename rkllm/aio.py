@@ -147,6 +147,12 @@ class AsyncStream:
         """Asks the runtime to stop; the loop then ends with finish_reason "abort"."""
         self._stream.abort()
 
+    def close(self) -> None:
+        """Ends the run from any thread, waiting for the runtime (``Stream.close``): the
+        ``async for`` then ends normally with finish_reason "abort". In the loop's own
+        thread prefer ``aclose()``, which does not wait."""
+        self._stream.close()
+
     async def __aenter__(self) -> AsyncStream:
         return self
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,9 @@ class CoreLLM:
         self.params = P.validate(self.family, given, defaults)
         if check_model:
             self._check_model(info)
+        # the runtime adds nothing around a prompt before 1.2.0 (no chat template)
+        self._bare_template = P.family_key(self.family) < P.family_key("1.2.0")
+        self._cross_attn_set = False  # a use_cross_attn model runs only after they are set
         self._model = ll.Model(self.runtime, self.model_path, self.params)
 
     def _check_model(self, info: ModelInfo) -> None:
@@ -88,6 +92,11 @@ class CoreLLM:
 
         # On the simulator the board does not matter, and the simulator itself names a file
         # that is not a simulated model precisely; a real runtime is spared simulated models.
+        limit = self._model_facts.get("max_context_len")
+        if limit is not None and self.params["max_context_len"] > limit:
+            raise ParamError(f"max_context_len must be between 1 and {limit} (the model file's "
+                             f"limit), got {self.params['max_context_len']} (check_model=False "
+                             "skips this check)")
         board = None if self.is_simulator else board_soc()
         findings = check_compatibility(info, self.release or self.family, board,
                                        simulator=None if self.is_simulator else False)
@@ -137,9 +146,13 @@ class CoreLLM:
         """Checks a run's input and options (see :meth:`generate`) against the loaded release
         and model; returns the :class:`~rkllm.request.RunRequest` for :meth:`start`."""
         self._live()
+        if self.params.get("use_cross_attn") and not self._cross_attn_set:
+            raise ParamError("the model was loaded with use_cross_attn=True: call "
+                             "set_cross_attn_params(...) before a run")
         return build_request(self.family, self.params, prompt, mode=mode, loras=self._loras,
                              embedding_size=lambda: self.embedding_size,
-                             vocab_size=self._model_facts.get("vocab_size"), options=options)
+                             vocab_size=self._model_facts.get("vocab_size"), options=options,
+                             bare_template=self._bare_template)
 
     def start(self, request: RunRequest, *, chunked: bool = False,
               collect: bool = False) -> Stream:
@@ -248,8 +261,14 @@ class CoreLLM:
         starts, ends = slots(start_pos, "start_pos"), slots(end_pos, "end_pos")
         if (starts is None) != (ends is None):
             raise ParamError("give both start_pos and end_pos, or neither")
-        if starts is not None and ends is not None and any(map(int.__gt__, starts, ends)):
-            raise ParamError(f"start_pos {starts} must not be after end_pos {ends}")
+        if starts is not None and ends is not None:
+            if any(map(int.__gt__, starts, ends)):
+                raise ParamError(f"start_pos {starts} must not be after end_pos {ends}")
+            held = self.kv_cache_size()  # the runtime refuses a range past what it holds
+            for i, (end, size) in enumerate(zip(ends, held)):
+                if end > size:
+                    raise ParamError(f"end_pos[{i}] must be between 0 and {size} (the tokens "
+                                     f"the kv cache holds in batch slot {i}), got {end}")
         self._live().clear_kv_cache(keep_system_prompt, starts, ends)
 
     def kv_cache_size(self) -> list[int]:
@@ -264,6 +283,7 @@ class CoreLLM:
         self._live().set_chat_template(check_text(system_prompt, "system_prompt"),
                                        check_text(prompt_prefix, "prompt_prefix"),
                                        check_text(prompt_postfix, "prompt_postfix"))
+        self._bare_template = not (system_prompt or prompt_prefix or prompt_postfix)
 
     def set_function_tools(self, system_prompt: str, tools: str | Sequence[Any],
                            tool_response_str: str = "tool_response") -> None:
@@ -272,9 +292,16 @@ class CoreLLM:
         if not isinstance(tools, (str, Sequence)):
             raise ParamTypeError(f"tools must be a JSON string or a list, got "
                                  f"{type(tools).__name__}")
-        text = tools if isinstance(tools, str) else json.dumps(list(tools))
+        text = check_text(tools if isinstance(tools, str) else json.dumps(list(tools)), "tools")
+        try:  # the runtime takes a JSON list (or object) of function definitions
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise ParamError(f"tools is not valid JSON: {exc}") from None
+        if not isinstance(parsed, (list, dict)):
+            raise ParamError(f"tools must be a JSON list (or object) of function definitions, "
+                             f"got {type(parsed).__name__}")
         self._live().set_function_tools(check_text(system_prompt, "system_prompt"),
-                                        check_text(text, "tools"),
+                                        text,
                                         check_text(tool_response_str, "tool_response_str"))
 
     def load_lora(self, path: str | os.PathLike[str], name: str | None = None,
@@ -286,6 +313,11 @@ class CoreLLM:
         name = check_text(name or os.path.splitext(os.path.basename(path))[0], "name")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
             raise ParamTypeError(f"scale must be a number, got {type(scale).__name__}")
+        if not math.isfinite(scale):
+            raise ParamError(f"scale must be a finite number, got {scale!r}")
+        if name in self._loras:
+            raise ParamError(f"a LoRA adapter named {name!r} is already loaded; give another "
+                             "name")
         self._live().load_lora(path, name, float(scale))
         self._loras.append(name)
         return name
@@ -304,8 +336,18 @@ class CoreLLM:
                               encoder_mask: Any, encoder_pos: Sequence[int]) -> None:
         """The encoder outputs for cross attention (1.2.1+; load with use_cross_attn=True):
         float32 caches of equal length, and one mask value and position per encoder token."""
-        self._live().set_cross_attn_params(encoder_k_cache, encoder_v_cache, encoder_mask,
-                                           encoder_pos)
+        if "use_cross_attn" in P.schema(self.family) and not self.params["use_cross_attn"]:
+            raise ParamError("set_cross_attn_params needs the model loaded with "
+                             "use_cross_attn=True")
+        if isinstance(encoder_pos, (str, bytes)) or not isinstance(encoder_pos, Sequence):
+            raise ParamTypeError("encoder_pos must be a sequence of ints")
+        pos = [check_int(p, f"encoder_pos[{i}]", -P.INT32_MAX - 1)
+               for i, p in enumerate(encoder_pos)]
+        if len(pos) > self.context_length:
+            raise ParamError(f"encoder_pos has {len(pos)} tokens; at most max_context_len "
+                             f"({self.context_length}) fit")
+        self._live().set_cross_attn_params(encoder_k_cache, encoder_v_cache, encoder_mask, pos)
+        self._cross_attn_set = True
 
     # ---- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:

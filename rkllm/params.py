@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ class Spec:
     doc: str
     until: str | None = None
     extend: bool = False  # lives in extend_param
+    lo_open: bool = False  # lo itself is refused (the runtime wants more than lo)
 
     def in_family(self, family: str) -> bool:
         k = family_key(family)
@@ -55,8 +57,9 @@ def _s(name: str, kind: str, lo: float | None, hi: float | None, since: str, doc
     return Spec(name, kind, lo, hi, since, doc, **kw)
 
 
-# Model parameters (rkllm_init). Ranges are what the runtime documents or enforces; where it
-# says nothing, the strict reading of the field's meaning.
+# Model parameters (rkllm_init). Ranges are what the runtime documents or enforces (the
+# simulator, csrc/sim, is the strict model of its checks: sim_check_sampling, rkllm_init);
+# where it says nothing, the strict reading of the field's meaning (docs/api.md).
 MODEL_PARAMS: tuple[Spec, ...] = (
     _s("max_context_len", "int", 1, INT32_MAX, "1.1.0", "tokens the context holds"),
     _s("max_new_tokens", "int", -1, INT32_MAX, "1.1.0",
@@ -64,14 +67,17 @@ MODEL_PARAMS: tuple[Spec, ...] = (
     _s("top_k", "int", 0, INT32_MAX, "1.1.0", "sample from the k most likely tokens (1: greedy)"),
     _s("n_keep", "int", -1, INT32_MAX, "1.2.0",
        "kv-cache entries kept at the start when the context window shifts"),
-    _s("top_p", "float", 0.0, 1.0, "1.1.0", "nucleus sampling threshold"),
+    _s("top_p", "float", 0.0, 1.0, "1.1.0", "nucleus sampling threshold", lo_open=True),
     _s("temperature", "float", 0.0, 100.0, "1.1.0", "sampling temperature"),
-    _s("repeat_penalty", "float", 0.0, 100.0, "1.1.0", "penalty for repeated tokens (1: none)"),
+    _s("repeat_penalty", "float", 0.0, 100.0, "1.1.0", "penalty for repeated tokens (1: none)",
+       lo_open=True),
     _s("frequency_penalty", "float", -2.0, 2.0, "1.1.0", "penalty by frequency in the output"),
     _s("presence_penalty", "float", -2.0, 2.0, "1.1.0", "penalty for presence in the output"),
     _s("mirostat", "int", 0, 2, "1.1.0", "mirostat sampling (0 off, 1 or 2)"),
-    _s("mirostat_tau", "float", 0.0, 100.0, "1.1.0", "mirostat target entropy"),
-    _s("mirostat_eta", "float", 0.0, 1.0, "1.1.0", "mirostat learning rate"),
+    _s("mirostat_tau", "float", 0.0, 100.0, "1.1.0",
+       "mirostat target entropy (> 0 when mirostat is on)"),
+    _s("mirostat_eta", "float", 0.0, 1.0, "1.1.0",
+       "mirostat learning rate (> 0 when mirostat is on)"),
     _s("skip_special_token", "bool", None, None, "1.1.0", "leave special tokens out of the text"),
     _s("ignore_eos_token", "bool", None, None, "1.3.0", "keep generating past end-of-sequence"),
     _s("img_start", "str", None, None, "1.1.0", "text marking where image embeddings start",
@@ -161,14 +167,46 @@ def check_value(spec: Spec, value: Any, *, cores: int | None = None, where: str 
     elif kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamTypeError(f"{label} must be a number, got {_type_name(value)} {value!r}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond any float
+            raise ParamError(f"{label} must be {_range(spec)}, got {value!r}") from None
         if math.isnan(value):
             raise ParamError(f"{label} must be a number, got NaN")
     assert spec.lo is not None and spec.hi is not None
+    # the runtime holds floats as float32: 1e-50 reaches it as 0
     if not spec.lo <= value <= spec.hi:
-        lo, hi = (int(spec.lo), int(spec.hi)) if kind == "int" else (spec.lo, spec.hi)
-        raise ParamError(f"{label} must be between {lo} and {hi}, got {value!r}")
+        raise ParamError(f"{label} must be {_range(spec)}, got {value!r}")
+    if spec.lo_open and float32(value) <= spec.lo:
+        raise ParamError(f"{label} must be {_range(spec)}, got {value!r}"
+                         + (f" ({float32(value)!r} as the runtime's float32)"
+                            if float32(value) != value else ""))
     return value
+
+
+def float32(value: float) -> float:
+    """``value`` as the runtime gets it (a C float)."""
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+def _range(spec: Spec) -> str:
+    assert spec.lo is not None and spec.hi is not None
+    lo, hi = (int(spec.lo), int(spec.hi)) if spec.kind == "int" else (spec.lo, spec.hi)
+    return f"between {lo} and {hi}" + (f" ({lo} excluded)" if spec.lo_open else "")
+
+
+def check_together(values: Mapping[str, Any], where: str = "") -> None:
+    """What the runtime checks across fields: mirostat (1 or 2) needs mirostat_tau and
+    mirostat_eta above 0. ``values``: merged C values, as :func:`validate` returns."""
+    mode = values.get("mirostat")
+    if not mode:
+        return
+    for name in ("mirostat_tau", "mirostat_eta"):
+        value = values.get(name)
+        if value is not None and float32(value) <= 0:
+            spec = next(s for s in MODEL_PARAMS if s.name == name)
+            raise ParamError(f"{where}{name} must be {_range(spec)} ({spec.lo} excluded) when "
+                             f"mirostat is {mode}, got {value!r}")
 
 
 def _cpu_mask(label: str, value: Any) -> int:
@@ -228,6 +266,7 @@ def validate(family: str, given: Mapping[str, Any], defaults: Mapping[str, Any],
             pool = [s.name for s in known.values() if s.extend or not where]
             raise unknown_param(name, family, pool, where)
         values[name] = check_value(spec, value, cores=cores, where=where)
+    check_together(values)
     return values
 
 
@@ -241,6 +280,7 @@ def validate_sampling(family: str, given: Mapping[str, Any], model_values: Mappi
     out = {name: model_values[name] for name in specs}
     for name, value in given.items():
         out[name] = check_value(specs[name], value)
+    check_together(out)
     return out
 
 
@@ -248,7 +288,8 @@ def describe(family: str) -> list[tuple[str, str, str, str]]:
     """(name, type, range, doc) rows for documentation and ``--help`` text."""
     rows = []
     for s in schema(family).values():
-        rng = "" if s.lo is None else f"{s.lo:g}..{s.hi:g}"
+        rng = "" if s.lo is None else f"{s.lo:g}..{s.hi:g}" + (
+            f" (not {s.lo:g})" if s.lo_open else "")
         name = ("extend_param." if s.extend else "") + s.name
         rows.append((name, s.kind, rng, s.doc))
     return rows

@@ -27,6 +27,13 @@ _PER_RUN = ("max_new_tokens", "keep_history", "role", "enable_thinking", "lora",
 RUN_OPTIONS = (*_PER_RUN, "tokens", "embeddings", "n_embed_tokens",
                "image_embeddings", "n_image_tokens", "n_images", "image_size", "image_markers")
 
+# The roles a run takes (1.2.1+): the runtime knows these two (a tool's result is wrapped in
+# its tool-response tag); others are refused here, the strict reading (docs/api.md).
+ROLES = ("user", "tool")
+# Where a multimodal prompt's image tokens go (the runtime refuses a prompt without it).
+IMAGE_PLACEHOLDER = "<image>"
+
+
 @dataclass(frozen=True, eq=False)
 class RunRequest:
     """A checked run request; fields as in ``rkshim_run_args`` (None: left unset)."""
@@ -102,10 +109,11 @@ def _fits(rows: int, limit: int, what: str) -> None:
 
 def build(family: str, params: Mapping[str, Any], prompt: str | None, *, mode: int,
           loras: Sequence[str], embedding_size: Callable[[], int], vocab_size: int | None,
-          options: Mapping[str, Any]) -> RunRequest:
+          options: Mapping[str, Any], bare_template: bool = False) -> RunRequest:
     """Checks a run's input and options; returns the request. ``embedding_size`` is called
     only for embedding input; ``vocab_size`` (from the model file, when known) bounds token
-    ids."""
+    ids; ``bare_template``: the runtime adds nothing around a prompt (1.1.0, or an empty
+    chat template), so an empty prompt would be an empty input."""
     opts = dict(options)
     out: dict[str, Any] = {"mode": mode}
     limit = int(params["max_context_len"])
@@ -130,6 +138,9 @@ def build(family: str, params: Mapping[str, Any], prompt: str | None, *, mode: i
         raise ParamError("give exactly one input: a prompt, tokens= or embeddings=")
     elif prompt is not None:
         out.update(input_type=ll.INPUT_PROMPT, prompt=check_text(prompt, "prompt"))
+        if not prompt and bare_template:  # the runtime refuses an empty input
+            raise ParamError("prompt is empty, and the chat template adds nothing around it "
+                             "(an empty input): give some text")
     elif tokens is not None:
         out.update(input_type=ll.INPUT_TOKEN, token_ids=_token_ids(tokens, vocab_size, limit))
     else:
@@ -175,15 +186,18 @@ def _image_input(family: str, prompt: str, embeds: Any, n_image_tokens: Any, n_i
         raise ParamTypeError(f"image_size must be (width, height), got {image_size!r}")
     width = check_int(image_size[0], "image_size width", 0)
     height = check_int(image_size[1], "image_size height", 0)
+    if IMAGE_PLACEHOLDER not in check_text(prompt, "prompt"):
+        raise ParamError(f"the prompt of image input must contain {IMAGE_PLACEHOLDER} (where "
+                         "the image tokens go)")
     rows = per_image * count
     _fits(rows, limit, "the image input (n_images x n_image_tokens)")
     view = ll.float32_view(embeds, "image_embeddings")
-    embed_size = embedding_size()
-    _check_floats(view, rows, embed_size, "image_embeddings",
+    row_size = embedding_size()
+    _check_floats(view, rows, row_size, "image_embeddings",
                   "n_images x n_image_tokens" if many else "n_image_tokens")
     out: dict[str, Any] = dict(
-        input_type=ll.INPUT_MULTIMODAL, prompt=check_text(prompt, "prompt"), image_embed=view,
-        embed_size=embed_size,
+        input_type=ll.INPUT_MULTIMODAL, prompt=prompt, image_embed=view,
+        embed_size=row_size,
         n_image_tokens=per_image, n_image=count, image_width=width, image_height=height)
     if markers is not None:
         P.require(family, "image_markers", "image_markers per run")
@@ -205,7 +219,10 @@ def _run_options(family: str, params: Mapping[str, Any], loras: Sequence[str],
             out["keep_history"] = True
     if options.get("role") is not None:
         P.require(family, "role")
-        out["role"] = check_text(options["role"], "role")
+        role = check_text(options["role"], "role")
+        if role not in ROLES:
+            raise ParamError(f"role must be one of {', '.join(map(repr, ROLES))}, got {role!r}")
+        out["role"] = role
     if options.get("enable_thinking") is not None:
         P.require(family, "enable_thinking")
         out["enable_thinking"] = check_bool(options["enable_thinking"], "enable_thinking")
@@ -216,7 +233,9 @@ def _run_options(family: str, params: Mapping[str, Any], loras: Sequence[str],
                              f"{', '.join(loras) or 'none'}); use load_lora first")
         out["lora_adapter_name"] = lora
     if options.get("save_prompt_cache") is not None:
-        out["save_prompt_cache_path"] = check_path(options["save_prompt_cache"],
-                                                   "save_prompt_cache")
+        path = check_path(options["save_prompt_cache"], "save_prompt_cache")
+        if not path:
+            raise ParamError("save_prompt_cache must be a file path, got ''")
+        out["save_prompt_cache_path"] = path
     out["sampling"] = P.validate_sampling(family, sampling, params)
     return out

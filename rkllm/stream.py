@@ -4,21 +4,28 @@ The shim hands over batches (complete UTF-8 text plus per-token code-point offse
 piece per token is one slice, and a chunk per batch is free. Cancellation: leaving the loop
 (``break``), ``close()``, garbage collection of a half-read stream and ``KeyboardInterrupt``
 all end the run the same way: the shim aborts the runtime and waits for its last callback,
-and the model is ready for the next run.
+and the model is ready for the next run. ``close()`` may come from any thread: the reader's
+loop then just ends.
+
+(Over 400 lines: a run's state, its reader and the Stream share one lifetime protocol, which
+reads best in one place; the result types before them are what a run gives back.)
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import sys
+import threading
+import time
 import weakref
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from types import GeneratorType
+from types import FrameType, GeneratorType
 from typing import Any, cast
 
 from rkllm import _lowlevel as ll
-from rkllm.errors import ClosedError, ContextLengthError, GenerationError
+from rkllm.errors import ClosedError, ContextLengthError, GenerationError, RKLLMError
 
 # How long one pull waits before Python gets a chance to see Ctrl-C (signals are handled
 # between bytecodes, and the pull runs with the GIL released).
@@ -135,6 +142,9 @@ class _Run:
 
     def __init__(self, model: ll.Model, request: Any, *, limit: int, context_length: int,
                  collect: bool) -> None:
+        # held while the run ends (or its arrays are read): a second end, e.g. the reader's
+        # own after a close() from another thread, waits for the outcome of the first
+        self._ending = threading.RLock()
         self.ended = False
         self.model = model  # held: the model outlives every run it started
         self.request = request
@@ -147,6 +157,7 @@ class _Run:
         self.array: Tensor | None = None
         self.outcome: dict[str, Any] | None = None
         self.reader: weakref.ReferenceType[GeneratorType[str, None, None]] | None = None
+        self._stop_reader: Callable[[], None] | None = None
 
     def holds(self) -> bool:
         """Whether the run can still be read: not ended, and its generator (once one was
@@ -163,23 +174,40 @@ class _Run:
 
     def read(self, chunked: bool) -> Generator[str, None, None]:
         """The run's pieces, as a generator that ends the run when it stops."""
-        gen = _pieces(self, chunked)
+        gen, self._stop_reader = _reader(self, chunked)
         self.reader = weakref.ref(cast("GeneratorType[str, None, None]", gen))
         return gen
 
     def end(self, timeout_ms: int = 60000) -> None:
-        """Ends the session (aborting a run still going); idempotent. With a short timeout
-        a runtime slow to stop is left to the model (its next call waits for it)."""
-        if self.ended:
+        """Ends the session (aborting a run still going); idempotent, from any thread. With a
+        short timeout a runtime slow to stop is left to the model (its next call waits)."""
+        with self._ending:
+            if self.ended:
+                return
+            if self._stop_reader is not None:
+                self._stop_reader()  # the reader pulls no more: the session is going away
+            try:  # model.end sets ``ended`` (under the model's lock: see there)
+                outcome = self.model.end(self, timeout_ms)
+            except ClosedError:
+                outcome = None
+            except GenerationError:
+                if timeout_ms >= 60000:
+                    raise
+                outcome = None
+            if outcome is not None or self.outcome is None:
+                self.outcome = outcome
+
+    def wait_for_reader(self) -> None:
+        """After an end from outside the reader (``Stream.close()`` in another thread): waits
+        until a reader running in another thread has left its generator, so that no later
+        run's batches can reach it. Its pull returns at once after the end and it pulls no
+        more (``end`` stopped it), so the wait is short; it is the rare path of a close
+        from another thread, hence a poll rather than a signal on the per-token path."""
+        gen = self.reader() if self.reader is not None else None
+        if gen is None or not gen.gi_running or _runs_here(gen):
             return
-        try:  # model.end sets ``ended`` (under the model's lock: see there)
-            self.outcome = self.model.end(self, timeout_ms)
-        except ClosedError:
-            self.outcome = None
-        except GenerationError:
-            if timeout_ms >= 60000:
-                raise
-            self.outcome = None
+        while gen.gi_running:
+            time.sleep(0.0002)
 
     def __del__(self) -> None:
         # the last of the Stream and its generator is gone: nobody will read this run
@@ -195,11 +223,12 @@ class _Run:
 
     def finish(self) -> None:
         """After the last batch: keep the arrays, end the session, report a failed run."""
-        if self.array_kind != ll.MODE_GENERATE:
-            got = self.model.array(self.array_kind)
-            if got is not None:
-                self.array = Tensor(*got)
-        self.end()
+        with self._ending:  # the arrays live until the end: no end in between
+            if self.array_kind != ll.MODE_GENERATE and not self.ended:
+                got = self.model.array(self.array_kind)
+                if got is not None:
+                    self.array = Tensor(*got)
+            self.end()
         o = self.outcome
         if o is not None and o["status"] == ll.RUN_ERROR:
             raise run_error(self.request, self.context_length, o)
@@ -226,27 +255,61 @@ def _split(text: str, ends: list[int]) -> list[str]:
     return [text[a:b] for a, b in zip([0, *ends], ends) if a != b]
 
 
-def _pieces(run: _Run, chunked: bool) -> Generator[str, None, None]:
-    model = run.model
-    pull = model.pull
-    keep = run.keep
-    try:
-        while True:
-            text, ends, done = pull(POLL_MS)
-            if ends:
-                keep(text)
-                if not chunked:
-                    yield from _split(text, ends)
-                elif text:
-                    yield text
-            if done:
-                break
-        run.finish()
-    except KeyboardInterrupt:
-        run.end(INTERRUPT_WAIT_MS)
-        raise
-    finally:
-        run.end()
+def _ended(timeout_ms: int) -> tuple[str, list[int], bool]:
+    """The pull of a reader whose run was ended from outside."""
+    raise ClosedError("the stream was closed")
+
+
+def _runs_here(gen: GeneratorType[str, None, None]) -> bool:
+    """Whether the running generator ``gen`` runs in this thread (it is on our stack)."""
+    frame = gen.gi_frame
+    f: FrameType | None = sys._getframe()
+    while f is not None:
+        if f is frame:
+            return True
+        f = f.f_back
+    return False
+
+
+def _reader(run: _Run, chunked: bool
+            ) -> tuple[Generator[str, None, None], Callable[[], None]]:
+    """The run's pieces as a generator, and what stops it pulling: an end from another
+    thread swaps its pull (a closure cell, read per batch as a local would be: no extra work
+    per token) for one that raises, so the reader never pulls a session that is gone or a
+    later run's batches; its loop then just ends."""
+    pull = _ended if run.ended else run.model.pull
+
+    def pieces() -> Generator[str, None, None]:
+        keep = run.keep
+        whole = chunked
+        try:
+            try:
+                while True:
+                    text, ends, done = pull(POLL_MS)
+                    if ends:
+                        keep(text)
+                        if not whole:
+                            yield from _split(text, ends)
+                        elif text:
+                            yield text
+                    if done:
+                        break
+            except RKLLMError:
+                if not run.ended:
+                    raise
+                return  # ended from outside (Stream.close in another thread): not an error
+            run.finish()
+        except KeyboardInterrupt:
+            run.end(INTERRUPT_WAIT_MS)
+            raise
+        finally:
+            run.end()
+
+    def stop() -> None:
+        nonlocal pull
+        pull = _ended
+
+    return pieces(), stop
 
 
 class Stream:
@@ -292,17 +355,18 @@ class Stream:
         return next(self._gen)
 
     def close(self) -> None:
-        """Stops the run (if still going), waits for the runtime to let go; idempotent."""
-        gen = self._gen
-        if gen is not None and hasattr(gen, "close"):
-            gen.close()
+        """Stops the run (if still going), waits for the runtime to let go; idempotent. Any
+        thread may call it: a loop reading the stream in another thread then ends normally
+        (no exception; finish_reason "abort", or how the run ended if it already had)."""
         self._run.end()
+        self._run.wait_for_reader()
 
     def cancel(self, wait_ms: int = INTERRUPT_WAIT_MS) -> None:
         """Aborts the run and ends it, waiting at most ``wait_ms`` for the runtime (one that
         is slow to stop is waited for by the model's next call instead): for event loops,
         which must not stall."""
         self._run.end(wait_ms)  # its first step marks the run let go (see _Run.end)
+        self._run.wait_for_reader()
 
     def abort(self) -> None:
         """Asks the runtime to stop; the loop then ends with finish_reason "abort". Safe
@@ -377,7 +441,12 @@ class Stream:
         if self._looped or self._gen is not None:
             raise RuntimeError("this Stream is already being iterated")
         try:
-            text, ends, done = run.model.pull(0)
+            try:
+                text, ends, done = run.model.pull(0)
+            except RKLLMError:
+                if run.ended:
+                    return None  # ended from another thread meanwhile (Stream.close)
+                raise
             pieces = []
             if ends:
                 run.keep(text)

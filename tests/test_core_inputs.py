@@ -7,6 +7,8 @@ from __future__ import annotations
 import array
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -235,6 +237,98 @@ def test_kv_cache_positions_are_checked(small: rkllm.LLM) -> None:
     with pytest.raises(ParamError, match="must not be after"):
         small.clear_kv_cache(start_pos=5, end_pos=2)
     small.clear_kv_cache(start_pos=0, end_pos=0)
+    # past what the kv cache holds: the runtime refuses it, so we do first
+    small.complete(PROMPT, max_new_tokens=2, keep_history=True)
+    held = small.kv_cache_size()[0]
+    with pytest.raises(ParamError, match=rf"end_pos\[0\] must be between 0 and {held}"):
+        small.clear_kv_cache(start_pos=0, end_pos=held + 1)
+    small.clear_kv_cache(start_pos=0, end_pos=held)
+    assert small.kv_cache_size()[0] == 0
+
+
+# ---- what the runtime refuses at run time, refused first --------------------------------------
+
+def _refused(call: Any, match: str) -> None:
+    with pytest.raises(ParamError, match=match):
+        call()
+
+
+def test_run_inputs_the_runtime_refuses(small: rkllm.LLM, tmp_path: Path) -> None:
+    family = rkllm.params.family_key(small.family)
+    _refused(lambda: small.complete(PROMPT, save_prompt_cache=""),
+             "save_prompt_cache must be a file path")
+    if family >= (1, 2, 1):
+        for role in ("system", "assistant", "User", ""):
+            with pytest.raises(ParamError, match=f"role must be one of 'user', 'tool', got "
+                                                 f"{role!r}"):
+                small.complete(PROMPT, role=role)
+        assert small.complete(PROMPT, role="tool", max_new_tokens=2).text is not None
+    if family >= (1, 3, 0):
+        _refused(lambda: small.complete(PROMPT, top_p=0.0), "top_p must be between")
+        _refused(lambda: small.complete(PROMPT, repeat_penalty=1e-50), "float32")
+        _refused(lambda: small.complete(PROMPT, mirostat=1, mirostat_eta=0.0), "mirostat_eta")
+    # an empty prompt: refused where nothing goes around it (1.1.0, or an empty template)
+    if family < (1, 2, 0):
+        _refused(lambda: small.complete(""), "prompt is empty")
+    else:
+        assert small.complete("", max_new_tokens=2).token_ids
+        small.set_chat_template("", "", "")
+        _refused(lambda: small.complete(""), "prompt is empty")
+        small.set_chat_template("", "User: ", "\n")
+        assert small.complete("", max_new_tokens=2).token_ids
+    assert answer(small)
+
+
+def test_function_tools_must_be_a_json_list(small: rkllm.LLM) -> None:
+    if small.family < "1.2.1":
+        pytest.skip("function tools are 1.2.1+")
+    for tools, match in (("not json", "not valid JSON"), ("5", "got int"), ('"x"', "got str")):
+        with pytest.raises(ParamError, match=f"tools .*{match}"):
+            small.set_function_tools("system", tools)
+    small.set_function_tools("system", "[]")
+    assert answer(small)
+
+
+def test_image_prompt_needs_the_placeholder_and_keeps_its_size(small: rkllm.LLM) -> None:
+    floats = [0.25] * (4 * small.embedding_size)
+    _refused(lambda: small.complete("What is in the picture?", image_embeddings=floats,
+                                    n_image_tokens=4), "must contain <image>")
+    request = small.make_request("<image>Describe.", image_embeddings=floats, n_image_tokens=4,
+                                 image_size=(640, 480))
+    # the width was once replaced by the embedding size
+    assert (request.image_width, request.image_height) == (640, 480)
+    assert request.embed_size == small.embedding_size
+
+
+def test_lora_scale_and_name(small: rkllm.LLM, tmp_path: Path) -> None:
+    from conftest import ROOT
+
+    adapter = str(tmp_path / "sea.rkllm")
+    subprocess.run([sys.executable, str(ROOT / "csrc" / "sim" / "make_model.py"), "--lora",
+                    "--boost", "sea", "-o", adapter], check=True, capture_output=True)
+    for scale in (float("nan"), float("inf")):
+        with pytest.raises(ParamError, match="scale must be a finite number"):
+            small.load_lora(adapter, name="a", scale=scale)
+    name = small.load_lora(adapter, name="a")
+    _refused(lambda: small.load_lora(adapter, name=name), "'a' is already loaded")
+    assert small.complete(PROMPT, lora="a", max_new_tokens=2).token_ids
+
+
+def test_cross_attention_inputs(small: rkllm.LLM, demo_model: str, quiet_sim: None) -> None:
+    if small.family < "1.2.1":
+        pytest.skip("cross attention is 1.2.1+")
+    _refused(lambda: small.set_cross_attn_params([0.5] * 8, [0.5] * 8, [1.0], [0]),
+             "use_cross_attn=True")
+    with rkllm.LLM(demo_model, runtime=f"sim:{small.family}", use_cross_attn=True,
+                   max_context_len=256) as llm:
+        _refused(lambda: llm.complete(PROMPT), "call set_cross_attn_params")
+        for pos in ([2**31], [-2**31 - 1], ["1"], [True]):
+            with pytest.raises(ParamError, match=r"encoder_pos\[0\]"):
+                llm.set_cross_attn_params([0.5] * 8, [0.5] * 8, [1.0], pos)
+        _refused(lambda: llm.set_cross_attn_params([0.5] * 257, [0.5] * 257, [1.0] * 257,
+                                                    list(range(257))), "at most max_context_len")
+        llm.set_cross_attn_params([0.5] * 8, [0.5] * 8, [1.0], [0])
+        assert llm.complete(PROMPT, max_new_tokens=2).token_ids
 
 
 def test_constructor_arguments(demo_model: str, quiet_sim: None) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 import rkllm
 from rkllm import sim
-from rkllm.errors import GenerationError, ParamError
+from rkllm.errors import ParamError
 
 N = 4  # encoder tokens
 
@@ -20,7 +20,7 @@ def _load(family: str) -> rkllm.LLM:
 def test_cross_attention_changes_the_answer(family: str, quiet_sim: None) -> None:
     llm = _load(family)
     try:
-        with pytest.raises(GenerationError):  # the runtime needs the params first
+        with pytest.raises(ParamError, match="set_cross_attn_params"):  # needed first
             llm.complete("Hello", max_new_tokens=16)
         cache = [0.5] * (N * 8)
         llm.set_cross_attn_params(cache, cache, [1.0] * N, list(range(N)))
