@@ -204,11 +204,11 @@ def create_app(settings: Settings, server: Server | None = None) -> ASGIApp:
             srv.scheduler.abort_all()
             await srv.scheduler.close()
 
-    routes = [Route("/", root, methods=["GET", "HEAD"]),
+    routes = [*OpenAIRoutes(srv).routes(), *OllamaRoutes(srv).routes(),
+              Route("/", root, methods=["GET", "HEAD"]),
               Route("/health", health, methods=["GET", "HEAD"]),
               Route("/metrics", metrics, methods=["GET"]),
-              Route("/admin/drain", admin_drain, methods=["POST"]),
-              *OpenAIRoutes(srv).routes(), *OllamaRoutes(srv).routes()]
+              Route("/admin/drain", admin_drain, methods=["POST"])]
     handlers: dict[Any, Any] = {APIError: _api_error, HTTPException: _http_error,
                                 Exception: _crash}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
