@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -159,24 +161,24 @@ def httpx_stream_times(url: str, tokens: int) -> tuple[float, float]:
     return stamps[0] - started, stamps[-1] - stamps[0]
 
 
-def in_process(token_us: int, tokens: int, reps: int) -> list[tuple[float, float]]:
+@contextlib.contextmanager
+def in_process(token_us: int) -> Iterator[Callable[[int], tuple[float, float]]]:
+    """The baseline: ``once(tokens)`` times one ``agenerate`` on a model in this process
+    (as :func:`httpx_stream_times`)."""
     os.environ["RKLLM_SIM_TOKEN_US"] = str(token_us)
     os.environ["RKLLM_SIM_IGNORE_EOS"] = "1"
     import rkllm
 
-    out = []
     with rkllm.LLM(rkllm.sim.demo_model_path(), runtime=f"sim:{FAMILY}", max_context_len=4096,
                    skip_special_token=True, top_k=1) as llm:
-        async def once() -> tuple[float, float]:
+        async def timed(tokens: int) -> tuple[float, float]:
             stamps = []
             started = time.perf_counter()
             async for _ in llm.agenerate(MESSAGES[0]["content"], max_new_tokens=tokens):
                 stamps.append(time.perf_counter())
             return stamps[0] - started, stamps[-1] - stamps[0]
 
-        for _ in range(reps):
-            out.append(asyncio.run(once()))
-    return out
+        yield lambda tokens: asyncio.run(timed(tokens))
 
 
 def concurrent(port: int, clients: int, tokens: int) -> list[tuple[float, float]]:
@@ -201,19 +203,30 @@ def ms(values: list[float]) -> float:
     return round(1000 * statistics.median(values), 3)
 
 
+GAP = 0.01  # seconds between two timed runs
+
+
 def section_ttft(tmp: Path, quick: bool) -> list[dict[str, Any]]:
+    """In-process and server runs alternate, so that both see the same machine load, each
+    :data:`GAP` after the last one ended (no run pays for the end of the one before it: the
+    server's request log line, say, or the test process's own cleanup)."""
     rows = []
     for token_us, tokens in ((0, 2000 if not quick else 500), (30000, 20 if not quick else 8)):
         reps = 10 if quick else 30
-        local = in_process(token_us, tokens, reps)
         srv = Server(tmp, token_us)
         client = LeanClient(srv.port)
+        local, one, through_httpx = [], [], []
         try:
-            for _ in range(3):  # warm-up
-                client.stream_times(4)
-                httpx_stream_times(srv.url, 4)
-            one = [client.stream_times(tokens) for _ in range(reps)]
-            through_httpx = [httpx_stream_times(srv.url, tokens) for _ in range(reps)]
+            with in_process(token_us) as once:
+                for _ in range(3):  # warm-up
+                    once(4)
+                    client.stream_times(4)
+                    httpx_stream_times(srv.url, 4)
+                for _ in range(reps):  # each run starts after the other's tail is over
+                    for runs, run in ((local, once), (one, client.stream_times),
+                                      (through_httpx, lambda n: httpx_stream_times(srv.url, n))):
+                        time.sleep(GAP)
+                        runs.append(run(tokens))
             eight = concurrent(srv.port, 8, tokens)
         finally:
             client.close()
