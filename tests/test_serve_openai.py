@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -66,8 +67,6 @@ def test_stream_pieces_join_to_the_whole_answer_with_usage(client: openai.OpenAI
 
 def test_stream_events_in_order_role_first(server: ServeProcess) -> None:
     """The role chunk leaves with the first piece; the events keep OpenAI's order."""
-    import httpx
-
     with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=60, json={
             "model": "demo", "messages": QUESTION, "stream": True, "max_tokens": 3}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -83,8 +82,6 @@ def test_stream_events_in_order_role_first(server: ServeProcess) -> None:
 
 
 def test_answering_routes_other_methods_and_cors(tmp_path: Path) -> None:
-    import httpx
-
     origin = "http://ui.example"
     with ServeProcess(["demo", "--runtime", "sim:1.3.0", "--cors", origin], tmp_path) as srv:
         got = httpx.get(srv.url + "/v1/chat/completions")
