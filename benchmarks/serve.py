@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What `rkllm serve` adds over the in-process API, on the simulated runtime.
 
-    python benchmarks/serve.py [--quick] [--json FILE]
+    python benchmarks/serve.py [--quick] [--only SECTION ...] [--json FILE]
 
 Sections (issue 13):
   ttft      time to first token and per-token time, in-process (rkllm.aio) vs through the
@@ -10,12 +10,21 @@ Sections (issue 13):
   abort     from a client dropping its stream to rkllm_abort (simulator trace), at 30 ms/token
   rss       the server's resident memory after 100 ... 10,000 requests (--quick: 1,000)
 The server runs as a subprocess (`python -m rkllm.cli serve demo`) on 127.0.0.1.
+
+The server's times are taken by a lean client: one keep-alive socket, the request written
+raw, the chunked SSE stream read and split by hand; a token's time is when the bytes of its
+event arrive. The in-process figure has no client at all, so a client library's own work
+(httpx takes about 1 ms to build a request and parse a streamed response) would count as the
+server's; the ttft rows also give the time through httpx, for comparison. The simulator's
+call trace (RKLLM_SIM_TRACE: a file write per call) is on only where it is read (abort).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import socket
@@ -25,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +54,16 @@ CLIENT = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=32))
 
 
 class Server:
-    def __init__(self, tmp: Path, token_us: int, ignore_eos: bool = True) -> None:
+    def __init__(self, tmp: Path, token_us: int, ignore_eos: bool = True,
+                 trace: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.trace = tmp / f"trace-{self.port}.jsonl"
-        env = {**os.environ, "RKLLM_SIM_QUIET": "1", "RKLLM_SIM_IGNORE_EOS": "1",
-               "RKLLM_SIM_TOKEN_US": str(token_us), "RKLLM_SIM_TRACE": str(self.trace)}
+        env = {k: v for k, v in os.environ.items() if k != "RKLLM_SIM_TRACE"}
+        env.update({"RKLLM_SIM_QUIET": "1", "RKLLM_SIM_IGNORE_EOS": "1",
+                    "RKLLM_SIM_TOKEN_US": str(token_us)})
+        if trace:
+            env["RKLLM_SIM_TRACE"] = str(self.trace)
         if not ignore_eos:
             del env["RKLLM_SIM_IGNORE_EOS"]
         self.proc = subprocess.Popen(
@@ -75,45 +89,110 @@ class Server:
         self.proc.wait(30)
 
 
-def stream_times(url: str, tokens: int) -> tuple[float, float]:
+def _request(tokens: int) -> dict[str, Any]:
+    return {"model": "demo", "messages": MESSAGES, "max_tokens": tokens, "stream": True,
+            "temperature": 0}
+
+
+def _is_token(event: bytes) -> bool:
+    """An SSE event carrying answer text (not the role chunk, not the final ones)."""
+    return event.startswith(b"data: {") and b'"content":"' in event and \
+        b'"content":""' not in event
+
+
+class LeanClient:
+    """HTTP/1.1 by hand on one keep-alive connection: no client library's parsing counted
+    (see the module's docstring)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def stream_times(self, tokens: int) -> tuple[float, float]:
+        """As :func:`httpx_stream_times`."""
+        body = json.dumps(_request(tokens)).encode()
+        request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                   % len(body)) + body
+        stamps = []
+        buf = events = b""
+        head = None
+        started = time.perf_counter()
+        self.sock.sendall(request)
+        while True:
+            data = self.sock.recv(1 << 16)
+            now = time.perf_counter()
+            if not data:
+                raise RuntimeError("the server closed the connection")
+            buf += data
+            if head is None:
+                if b"\r\n\r\n" not in buf:
+                    continue
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                if not head.startswith(b"HTTP/1.1 200") or b"chunked" not in head.lower():
+                    raise RuntimeError(f"unexpected answer: {head!r}")
+            ended = False
+            while (eol := buf.find(b"\r\n")) >= 0:  # whole chunks: size, data, CRLF
+                size = int(buf[:eol], 16)
+                if len(buf) < eol + size + 4:
+                    break
+                events += buf[eol + 2:eol + 2 + size]
+                buf = buf[eol + size + 4:]
+                if size == 0:
+                    ended = True
+                    break
+            *complete, events = events.split(b"\n\n")
+            stamps += [now for event in complete if _is_token(event)]
+            if ended:
+                return stamps[0] - started, stamps[-1] - stamps[0]
+
+
+def httpx_stream_times(url: str, tokens: int) -> tuple[float, float]:
     """(time to first token, time from it to the last) of one streamed chat answer
     (the simulator ignores end-of-text here, so it has exactly ``tokens`` tokens)."""
-    body = {"model": "demo", "messages": MESSAGES, "max_tokens": tokens, "stream": True,
-            "temperature": 0}
     stamps = []
     started = time.perf_counter()
-    with CLIENT.stream("POST", url + "/v1/chat/completions", json=body) as r:
+    with CLIENT.stream("POST", url + "/v1/chat/completions", json=_request(tokens)) as r:
         for line in r.iter_lines():
-            if line.startswith("data: {") and '"content":"' in line and \
-                    '"content":""' not in line:
+            if _is_token(line.encode()):
                 stamps.append(time.perf_counter())
     return stamps[0] - started, stamps[-1] - stamps[0]
 
 
-def in_process(token_us: int, tokens: int, reps: int) -> list[tuple[float, float]]:
+@contextlib.contextmanager
+def in_process(token_us: int) -> Iterator[Callable[[int], tuple[float, float]]]:
+    """The baseline: ``once(tokens)`` times one ``agenerate`` on a model in this process
+    (as :func:`httpx_stream_times`)."""
     os.environ["RKLLM_SIM_TOKEN_US"] = str(token_us)
     os.environ["RKLLM_SIM_IGNORE_EOS"] = "1"
     import rkllm
 
-    out = []
     with rkllm.LLM(rkllm.sim.demo_model_path(), runtime=f"sim:{FAMILY}", max_context_len=4096,
                    skip_special_token=True, top_k=1) as llm:
-        async def once() -> tuple[float, float]:
+        async def timed(tokens: int) -> tuple[float, float]:
             stamps = []
             started = time.perf_counter()
             async for _ in llm.agenerate(MESSAGES[0]["content"], max_new_tokens=tokens):
                 stamps.append(time.perf_counter())
             return stamps[0] - started, stamps[-1] - stamps[0]
 
-        for _ in range(reps):
-            out.append(asyncio.run(once()))
-    return out
+        yield lambda tokens: asyncio.run(timed(tokens))
 
 
-def concurrent(url: str, clients: int, tokens: int) -> list[tuple[float, float]]:
+def concurrent(port: int, clients: int, tokens: int) -> list[tuple[float, float]]:
     results: list[tuple[float, float]] = []
-    threads = [threading.Thread(target=lambda: results.append(stream_times(url, tokens)))
-               for _ in range(clients)]
+
+    def one() -> None:
+        client = LeanClient(port)
+        try:
+            results.append(client.stream_times(tokens))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=one) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -125,33 +204,61 @@ def ms(values: list[float]) -> float:
     return round(1000 * statistics.median(values), 3)
 
 
+GAP = 0.01  # seconds between two timed runs
+# At full rate the time to first token is timed on short answers: a long one keeps the
+# simulated runtime's thread busy on one of this machine's 2 cores and the server's loop on
+# the other, so the client waits for a core to read its first token (about 0.4 ms more with
+# 2000 tokens than with 8, measured); the in-process consumer is the loop itself.
+TTFT_TOKENS = 8
+
+
 def section_ttft(tmp: Path, quick: bool) -> list[dict[str, Any]]:
+    """In-process and server runs alternate, so that both see the same machine load, each
+    :data:`GAP` after the last one ended (no run pays for the end of the one before it: the
+    server's request log line, say, or the test process's own cleanup)."""
     rows = []
     for token_us, tokens in ((0, 2000 if not quick else 500), (30000, 20 if not quick else 8)):
-        reps = 20 if token_us == 0 else 5
-        if quick:
-            reps = max(3, reps // 4)
-        local = in_process(token_us, tokens, reps)
+        reps = 10 if quick else 30
+        first_tokens = TTFT_TOKENS if token_us == 0 else tokens
         srv = Server(tmp, token_us)
+        client = LeanClient(srv.port)
+        local, one, through_httpx = [], [], []  # (first token, rest) of first_tokens runs
+        local_long, one_long = [], []           # the same with `tokens` (per-token times)
         try:
-            stream_times(srv.url, 4)  # warm-up
-            one = [stream_times(srv.url, tokens) for _ in range(reps)]
-            eight = concurrent(srv.url, 8, tokens)
+            with in_process(token_us) as once:
+                for _ in range(3):  # warm-up
+                    once(4)
+                    client.stream_times(4)
+                    httpx_stream_times(srv.url, 4)
+                for _ in range(reps):  # each run starts after the other's tail is over
+                    plan = [(local, once, first_tokens), (one, client.stream_times, first_tokens),
+                            (through_httpx, functools.partial(httpx_stream_times, srv.url),
+                             first_tokens)]
+                    if first_tokens != tokens:
+                        plan += [(local_long, once, tokens), (one_long, client.stream_times,
+                                                              tokens)]
+                    for runs, run, n in plan:
+                        time.sleep(GAP)
+                        runs.append(run(n))
+            eight = concurrent(srv.port, 8, tokens)
         finally:
+            client.close()
             srv.stop()
+        local_long, one_long = local_long or local, one_long or one
         base_ttft = ms([t for t, _ in local])
 
         def per_token_us(runs: list[tuple[float, float]], tokens: int = tokens) -> float:
             return round(1e6 * statistics.median(rest for _, rest in runs) / tokens, 2)
 
-        base_tok = per_token_us(local)
+        base_tok = per_token_us(local_long)
         rows.append({
-            "token_us": token_us, "tokens": tokens,
+            "token_us": token_us, "tokens": tokens, "ttft_tokens": first_tokens, "reps": reps,
             "in_process_ttft_ms": base_ttft, "in_process_per_token_us": base_tok,
             "server_1_ttft_ms": ms([t for t, _ in one]),
-            "server_1_per_token_us": per_token_us(one),
+            "server_1_per_token_us": per_token_us(one_long),
             "added_ttft_ms_1_client": round(ms([t for t, _ in one]) - base_ttft, 3),
-            "added_per_token_us_1_client": round(per_token_us(one) - base_tok, 2),
+            "added_per_token_us_1_client": round(per_token_us(one_long) - base_tok, 2),
+            "server_1_ttft_ms_httpx": ms([t for t, _ in through_httpx]),
             "server_8_ttft_ms_p50": ms([t for t, _ in eight]),
             "added_per_token_us_8_clients": round(per_token_us(eight) - base_tok, 2)})
     return rows
@@ -176,7 +283,7 @@ def section_turns(tmp: Path) -> list[int]:
 
 
 def section_abort(tmp: Path, reps: int) -> dict[str, float]:
-    srv = Server(tmp, 30000)
+    srv = Server(tmp, 30000, trace=True)
     delays, spent = [], []
     try:
         for _ in range(reps):
@@ -224,29 +331,44 @@ def section_rss(tmp: Path, total: int) -> list[dict[str, int]]:
     return rows
 
 
+SECTIONS = ("ttft", "turns", "abort", "rss")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller run (< 1 min)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS,
+                        metavar="SECTION", help=f"run only these ({', '.join(SECTIONS)})")
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = parser.parse_args()
+    report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        report = {"ttft": section_ttft(tmp, args.quick), "turns": section_turns(tmp),
-                  "abort": section_abort(tmp, 3 if args.quick else 10),
-                  "rss": section_rss(tmp, 1000 if args.quick else 10000)}
-    for row in report["ttft"]:
+        if "ttft" in args.only:
+            report["ttft"] = section_ttft(tmp, args.quick)
+        if "turns" in args.only:
+            report["turns"] = section_turns(tmp)
+        if "abort" in args.only:
+            report["abort"] = section_abort(tmp, 3 if args.quick else 10)
+        if "rss" in args.only:
+            report["rss"] = section_rss(tmp, 1000 if args.quick else 10000)
+    for row in report.get("ttft", []):
         print(f"{row['token_us'] / 1000:g} ms/token: TTFT in-process "
               f"{row['in_process_ttft_ms']} ms, server {row['server_1_ttft_ms']} ms (added "
-              f"{row['added_ttft_ms_1_client']} ms); per token added "
+              f"{row['added_ttft_ms_1_client']} ms; through httpx "
+              f"{row['server_1_ttft_ms_httpx']} ms); per token added "
               f"{row['added_per_token_us_1_client']} µs (1 client), "
               f"{row['added_per_token_us_8_clients']} µs (8 clients; TTFT p50 "
               f"{row['server_8_ttft_ms_p50']} ms with the queue)")
-    print("prompt tokens prefilled per turn:", report["turns"])
-    print(f"abort after disconnect: p50 {report['abort']['abort_after_close_ms_p50']} ms, max "
-          f"{report['abort']['abort_after_close_ms_max']} ms (one token = 30 ms)")
-    print("server RSS:", ", ".join(f"{r['rss_kb'] // 1024} MB after {r['requests']}"
-                                   for r in report["rss"]))
+    if "turns" in report:
+        print("prompt tokens prefilled per turn:", report["turns"])
+    if "abort" in report:
+        print(f"abort after disconnect: p50 {report['abort']['abort_after_close_ms_p50']} ms, "
+              f"max {report['abort']['abort_after_close_ms_max']} ms (one token = 30 ms)")
+    if "rss" in report:
+        print("server RSS:", ", ".join(f"{r['rss_kb'] // 1024} MB after {r['requests']}"
+                                       for r in report["rss"]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -62,6 +63,38 @@ def test_stream_pieces_join_to_the_whole_answer_with_usage(client: openai.OpenAI
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
     assert "<|im_end|>" not in text and "<|" not in text
+
+
+def test_stream_events_in_order_role_first(server: ServeProcess) -> None:
+    """The role chunk leaves with the first piece; the events keep OpenAI's order."""
+    with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=60, json={
+            "model": "demo", "messages": QUESTION, "stream": True, "max_tokens": 3}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    deltas = [e["choices"][0]["delta"] for e in events]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert all(set(d) == {"content"} and d["content"] for d in deltas[1:-1])
+    assert len(deltas) > 2 and deltas[-1] == {}
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    assert len({(e["id"], e["created"], e["model"], e["object"]) for e in events}) == 1
+
+
+def test_answering_routes_other_methods_and_cors(tmp_path: Path) -> None:
+    origin = "http://ui.example"
+    with ServeProcess(["demo", "--runtime", "sim:1.3.0", "--cors", origin], tmp_path) as srv:
+        got = httpx.get(srv.url + "/v1/chat/completions")
+        assert got.status_code == 405 and "GET" in got.json()["error"]["message"]
+        assert httpx.get(srv.url + "/api/chat").json() == {
+            "error": "method GET is not allowed on /api/chat"}
+        answer = httpx.post(srv.url + "/v1/chat/completions", headers={"Origin": origin},
+                            json={"model": "demo", "messages": QUESTION, "max_tokens": 2})
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+        assert answer.headers["access-control-allow-origin"] == origin
+        bad = httpx.post(srv.url + "/api/chat", headers={"Origin": origin}, content=b"{")
+        assert bad.status_code == 400 and list(bad.json()) == ["error"]
+        assert bad.headers["access-control-allow-origin"] == origin
 
 
 def test_tools_give_tool_calls(client: openai.OpenAI) -> None:

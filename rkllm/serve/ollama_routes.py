@@ -138,12 +138,13 @@ class OllamaRoutes:
         self.server = server
 
     def routes(self) -> list[Route]:
-        return [Route("/api/version", self.version, methods=["GET"]),
+        # the answering routes first: Starlette tries the routes in order
+        return [Route("/api/chat", self.chat, methods=["POST"]),
+                Route("/api/generate", self.generate, methods=["POST"]),
+                Route("/api/version", self.version, methods=["GET"]),
                 Route("/api/tags", self.tags, methods=["GET"]),
                 Route("/api/ps", self.ps, methods=["GET"]),
                 Route("/api/show", self.show, methods=["POST"]),
-                Route("/api/chat", self.chat, methods=["POST"]),
-                Route("/api/generate", self.generate, methods=["POST"]),
                 Route("/api/embed", self.embed, methods=["POST"]),
                 Route("/api/embeddings", self.embeddings, methods=["POST"]),
                 Route("/api/pull", self.pull, methods=["POST"]),
@@ -283,7 +284,7 @@ class OllamaRoutes:
                 else:
                     await out.json(final)
 
-        return Live(request.url.path, work)
+        return Live(request.scope["path"], work)
 
     # ---- embeddings -----------------------------------------------------------------------
     async def embed(self, request: Request) -> Live:
@@ -319,7 +320,7 @@ class OllamaRoutes:
                             "total_duration": int((time.monotonic() - started) * 1e9),
                             "load_duration": 0, "prompt_eval_count": tokens})
 
-        return Live(request.url.path, work)
+        return Live(request.scope["path"], work)
 
     # ---- the model cache ------------------------------------------------------------------
     async def pull(self, request: Request) -> Response | Live:
@@ -327,7 +328,7 @@ class OllamaRoutes:
         body = await O.read_json(request)
         from rkllm.serve.pull import pull_work
 
-        return Live(request.url.path, pull_work(self.server, _model_name(body),
+        return Live(request.scope["path"], pull_work(self.server, _model_name(body),
                                                 O.boolean(body, "stream", True)))
 
     async def delete(self, request: Request) -> Response:

@@ -94,10 +94,11 @@ class OpenAIRoutes:
         self.server = server
 
     def routes(self) -> list[Route]:
-        return [Route("/v1/models", self.models, methods=["GET"]),
-                Route("/v1/models/{model:path}", self.model, methods=["GET"]),
-                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+        # the answering routes first: Starlette tries the routes in order
+        return [Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/v1/models/{model:path}", self.model, methods=["GET"]),
                 Route("/v1/embeddings", self.embeddings, methods=["POST"])]
 
     # ---- models ---------------------------------------------------------------------------
@@ -181,7 +182,7 @@ class OpenAIRoutes:
                     {**choice, "logprobs": None, "finish_reason": _finish(answer.finish_reason)}],
                     "usage": _usage(answer)})
 
-        return Live(request.url.path, work)
+        return Live(request.scope["path"], work)
 
     # ---- embeddings -----------------------------------------------------------------------
     async def embeddings(self, request: Request) -> Live:
@@ -212,7 +213,7 @@ class OpenAIRoutes:
             await out.json({"object": "list", "data": data, "model": spec.name,
                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
-        return Live(request.url.path, work)
+        return Live(request.scope["path"], work)
 
 
 def _with_system(messages: Any, system: str) -> Any:
@@ -259,31 +260,35 @@ async def _stream(out: Out, answer: Answer, meta: dict[str, Any], chat: bool,
         data = {**meta, "object": kind, "choices": [choice] if choice else [], **extra}
         return b"data: " + json_bytes(data) + b"\n\n"
 
-    def piece(text: str) -> bytes:
-        if chat:
-            return event({"index": 0, "delta": {"content": text}, "logprobs": None,
-                          "finish_reason": None})
-        return event({"index": 0, "text": text, "logprobs": None, "finish_reason": None})
+    # a piece's event is the same bytes event() makes, with the constant parts encoded once
+    head = b"data: " + json_bytes({**meta, "object": kind})[:-1] + \
+        (b',"choices":[{"index":0,"delta":{"content":' if chat else
+         b',"choices":[{"index":0,"text":')
+    tail = (b'}' if chat else b'') + b',"logprobs":null,"finish_reason":null}]}\n\n'
 
-    await out.start(SSE)
-    if chat:
-        await out.write(event({"index": 0, "delta": {"role": "assistant", "content": ""},
-                               "logprobs": None, "finish_reason": None}))
+    def piece(text: str) -> bytes:
+        return head + json_bytes(text) + tail
+
+    await out.start(SSE)  # the headers go while the runtime prefills
+    # the role chunk leaves in one write with the first piece (one send less before it)
+    opening = event({"index": 0, "delta": {"role": "assistant", "content": ""},
+                     "logprobs": None, "finish_reason": None}) if chat else b""
 
     async def idle() -> None:
         await out.write(b": keep-alive\n\n")
 
     async for text in first_with_keepalive(answer.deltas(), keepalive, idle):
-        await out.write(piece(text))
+        await out.write(opening + piece(text) if opening else piece(text))
+        opening = b""
     finish = _finish(answer.finish_reason)
     if chat and answer.tool_calls:
-        await out.write(event({"index": 0, "delta": {"tool_calls": [
+        opening += event({"index": 0, "delta": {"tool_calls": [
             {"index": i, **c} for i, c in enumerate(answer.tool_calls)]},
-            "logprobs": None, "finish_reason": None}))
+            "logprobs": None, "finish_reason": None})
     last: dict[str, Any] = ({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}
                             if chat else {"index": 0, "text": "", "logprobs": None,
                                           "finish_reason": finish})
-    await out.write(event(last))
+    await out.write(opening + event(last))
     if include_usage:
         await out.write(event(None, usage=_usage(answer)))
     await out.end(b"data: [DONE]\n\n")

@@ -28,6 +28,11 @@ SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
 
 
+# a stream's headers: proxies must neither cache nor buffer it
+_HEADERS = {SSE: [(b"content-type", SSE.encode()), (b"cache-control", b"no-cache"),
+                  (b"x-accel-buffering", b"no")]}
+
+
 def json_bytes(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -54,9 +59,7 @@ class Out:
                     headers: dict[str, str] | None = None) -> None:
         self.started = True
         self.media_type = media_type
-        raw = [(b"content-type", media_type.encode())]
-        if media_type == SSE:
-            raw += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        raw = list(_HEADERS.get(media_type) or [(b"content-type", media_type.encode())])
         raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         await self._send({"type": "http.response.start", "status": status, "headers": raw})
 
@@ -87,7 +90,10 @@ async def _disconnected(receive: Receive) -> None:
 
 
 class Live:
-    """An ASGI response produced by ``work(out)``, cancelled when the client disconnects."""
+    """An ASGI response produced by ``work(out)``, cancelled when the client disconnects.
+
+    ``work`` runs in the request's own task (no task to start, no loop turn before the run
+    starts: the time to first token); a watcher task reads the connection and cancels it."""
 
     def __init__(self, path: str, work: Callable[[Out], Awaitable[None]],
                  on_disconnect: Callable[[], None] | None = None) -> None:
@@ -96,18 +102,31 @@ class Live:
         self.on_disconnect = on_disconnect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        out = Out(send, self.path)
-        work = asyncio.ensure_future(self._run(out))
-        watch = asyncio.ensure_future(_disconnected(receive))
+        task = asyncio.current_task()
+        assert task is not None
+        working = True
         gone = False
-        try:
-            done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-            gone = work not in done
-        finally:
-            for task in (work, watch):
+
+        async def watch() -> None:
+            nonlocal gone
+            await _disconnected(receive)
+            if working:  # the cancellation lands inside _run (where the task waits)
+                gone = True
                 task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
+
+        watcher = asyncio.ensure_future(watch())
+        watcher.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            await self._run(Out(send, self.path))
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+: ours, not the server's
+            if uncancel is not None:
+                uncancel()
+        finally:
+            working = False
+            watcher.cancel()
         if gone and self.on_disconnect is not None:
             self.on_disconnect()
 
@@ -127,24 +146,42 @@ class Live:
 async def first_with_keepalive(items: AsyncIterator[T], interval: float,
                                idle: Callable[[], Awaitable[None]]) -> AsyncIterator[T]:
     """``items``, calling ``idle()`` every ``interval`` seconds until the first one arrives
-    (an SSE comment while a long prompt is prefilled, so proxies keep the stream open)."""
+    (an SSE comment while a long prompt is prefilled, so proxies keep the stream open).
+
+    The first item is awaited in the caller's task (it is often there already: no task, no
+    loop turn); only a prefill longer than ``interval`` starts a task for the comments, and
+    it is stopped (never mid-write: a write is one call) before the first item goes out."""
+    loop = asyncio.get_running_loop()
+    pinger: asyncio.Task[None] | None = None
+
+    def begin() -> None:
+        nonlocal pinger
+        pinger = loop.create_task(_every(interval, idle))
+
+    timer = loop.call_later(interval, begin)
     it = items.__aiter__()
-    first: asyncio.Future[T] = asyncio.ensure_future(it.__anext__())
     try:
-        while True:
-            done, _ = await asyncio.wait({first}, timeout=interval)
-            if done:
-                break
-            await idle()
-    except BaseException:
-        first.cancel()
-        with suppress(BaseException):
-            await first
-        raise
-    try:
-        value = first.result()
+        first = await it.__anext__()
     except StopAsyncIteration:
         return
-    yield value
+    finally:
+        timer.cancel()
+        if pinger is not None:
+            _stop(pinger)
+    yield first
     async for value in it:
         yield value
+
+
+async def _every(interval: float, call: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await call()
+        await asyncio.sleep(interval)
+
+
+def _stop(task: asyncio.Task[None]) -> None:
+    """Cancels ``task``; a failure it already had is raised here."""
+    failed = task.exception() if task.done() and not task.cancelled() else None
+    task.cancel()
+    if failed is not None:
+        raise failed

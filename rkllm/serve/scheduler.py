@@ -146,7 +146,10 @@ class Scheduler:
         slot.waiting += 1
         started = time.monotonic()
         try:
-            await asyncio.wait_for(slot.lock.acquire(), self.settings.queue_timeout)
+            if slot.lock.locked() or slot.waiting > 1:
+                await asyncio.wait_for(slot.lock.acquire(), self.settings.queue_timeout)
+            else:  # free, nobody before us: taken at once (wait_for would start a task)
+                await slot.lock.acquire()
         except TimeoutError:
             self.metrics.inc("rkllm_rejected_requests_total", model=spec.name, reason="timeout")
             raise busy(f"waited {self.settings.queue_timeout:g}s for {spec.name} without "
