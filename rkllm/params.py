@@ -10,6 +10,7 @@ introduced it) raises :class:`~rkllm.errors.ParamError`. Defaults are the runtim
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import struct
@@ -28,6 +29,7 @@ RUN_FEATURES = releases.FEATURES
 INT32_MAX = 2**31 - 1
 
 
+@functools.lru_cache(maxsize=64)  # asked several times a request; a handful of families
 def family_key(family: str) -> tuple[int, ...]:
     return tuple(int(x) for x in family.split("."))
 
