@@ -160,6 +160,17 @@ def test_errors_in_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="user"):
         client.chat.completions.create(model="demo", messages=[{"role": "assistant",
                                                                  "content": "hi"}])
+    # what the package refuses names the request's field (OpenAI's param)
+    with pytest.raises(openai.BadRequestError) as zero:
+        client.chat.completions.create(model="demo", messages=QUESTION, top_p=0)
+    assert zero.value.body["param"] == "top_p"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as part:
+        client.chat.completions.create(model="demo", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}])
+    assert part.value.body["param"] == "messages"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError, match="at least 1, got 0") as none:
+        client.chat.completions.create(model="demo", messages=QUESTION, max_tokens=0)
+    assert none.value.body["param"] == "max_tokens"  # type: ignore[index]
 
 
 def test_prompt_longer_than_the_context_is_an_error_and_the_server_goes_on(

@@ -8,6 +8,7 @@ app turns it (and framework errors: 404, 405, bad JSON, crashes) into one of the
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rkllm.errors import (
@@ -59,6 +60,17 @@ def error_bytes(path: str, err: APIError) -> bytes:
     return json.dumps(error_body(path, err), ensure_ascii=False).encode()
 
 
+# the package's names for request fields that OpenAI's API names otherwise
+_REQUEST_NAMES = {"max_new_tokens": "max_tokens"}
+
+
+def _param_named(message: str) -> str | None:
+    """The parameter a package error names first ("top_p must be ...", "messages[2]: ...")
+    as the request names it: OpenAI's ``param``."""
+    m = re.match(r"([a-z][a-z_]*)(?:\[\d+\])?(?::| must | is | has )", message)
+    return None if m is None else _REQUEST_NAMES.get(m.group(1), m.group(1))
+
+
 def from_exception(exc: BaseException) -> APIError:
     """The package's exceptions -> an APIError with the right status."""
     if isinstance(exc, APIError):
@@ -66,7 +78,7 @@ def from_exception(exc: BaseException) -> APIError:
     if isinstance(exc, ModelNotFoundError):
         return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, ParamError):
-        return APIError(400, str(exc), code="invalid_value")
+        return APIError(400, str(exc), param=_param_named(str(exc)), code="invalid_value")
     if isinstance(exc, (ModelLoadError, IntegrityError)):
         return APIError(500, f"the model failed to load: {exc}", code="model_load_failed")
     if isinstance(exc, BusyError):  # the scheduler prevents it; a bug if seen

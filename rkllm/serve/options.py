@@ -55,7 +55,9 @@ def number(body: Mapping[str, Any], name: str, lo: float | None = None,
         kind = "an integer" if integer else "a number"
         raise bad(f"{name} must be {kind}, got {json.dumps(value)}", name)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise bad(f"{name} must be between {lo} and {hi}, got {value}", name)
+        limits = f"between {lo} and {hi}" if lo is not None and hi is not None else \
+            f"at least {lo}" if lo is not None else f"at most {hi}"
+        raise bad(f"{name} must be {limits}, got {value}", name)
     return value
 
 
