@@ -61,6 +61,29 @@ def test_chat_stream_and_not(client: ollama.Client) -> None:
     assert parts[-1].prompt_eval_count and parts[-1].total_duration
 
 
+def test_think_puts_the_reasoning_apart(client: ollama.Client, server: ServeProcess) -> None:
+    """think=true: the runtime's enable_thinking, and the reasoning in message.thinking
+    (thinking in generate), streamed or not; think=false: enable_thinking off."""
+    whole = client.chat(model="demo", messages=QUESTION, think=True,
+                        options={"temperature": 0})
+    assert whole.message.thinking and whole.message.content
+    assert "<think>" not in whole.message.content + whole.message.thinking
+    assert server.trace("rkllm_run")[-1]["args"]["rkllm_input"]["enable_thinking"] is True
+    parts = list(client.chat(model="demo", messages=QUESTION, think=True, stream=True,
+                             options={"temperature": 0}))
+    assert "".join(p.message.thinking or "" for p in parts) == whole.message.thinking
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
+    plain = client.chat(model="demo", messages=QUESTION, think=False,
+                        options={"temperature": 0})
+    assert not plain.message.thinking and plain.message.content
+    assert server.trace("rkllm_run")[-1]["args"]["rkllm_input"]["enable_thinking"] is False
+    gen = client.generate(model="demo", prompt="Tell me about the river", think=True,
+                          options={"temperature": 0})
+    assert gen.thinking and gen.response and "<think>" not in gen.response
+    with pytest.raises(ollama.ResponseError, match="think"):
+        client.chat(model="demo", messages=QUESTION, think="high")  # type: ignore[arg-type]
+
+
 def test_chat_tools(client: ollama.Client) -> None:
     def get_weather(city: str) -> str:
         """The weather in a city.
@@ -98,8 +121,15 @@ def test_errors_in_ollama_shape(client: ollama.Client, server: ServeProcess) -> 
     with pytest.raises(ollama.ResponseError) as fmt:
         client.chat(model="demo", messages=QUESTION, format="json")
     assert fmt.value.status_code == 400 and "format" in fmt.value.error
+    with pytest.raises(ollama.ResponseError, match="min_p"):
+        client.generate(model="demo", prompt="hi", options={"min_p": 0.05})
+    # mirostat is the runtime's own (per request from 1.3.0)
+    client.generate(model="demo", prompt="hi", options={"mirostat": 2, "mirostat_tau": 4.0,
+                                                        "num_predict": 2})
+    sampling = server.trace("rkllm_run")[-1]["args"]["rkllm_infer_params"]["sampling_params"]
+    assert (sampling["mirostat"], sampling["mirostat_tau"]) == (2, 4.0)
     with pytest.raises(ollama.ResponseError, match="mirostat"):
-        client.generate(model="demo", prompt="hi", options={"mirostat": 2})
+        client.generate(model="demo", prompt="hi", options={"mirostat": 3})
     bad = httpx.post(server.url + "/api/chat", content=b"{not json")
     assert bad.status_code == 400 and list(bad.json()) == ["error"]
 

@@ -18,12 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from rkllm import params as P
 from rkllm.serve import options as O
 from rkllm.serve.engine import Answer, Job
 from rkllm.serve.errors import APIError
 from rkllm.serve.registry import ModelSpec
 from rkllm.serve.responses import NDJSON, Live, Out, json_bytes, json_response
 from rkllm.serve.settings import parse_duration
+from rkllm.serve.thinking import ThinkSplitter
 
 if TYPE_CHECKING:
     from rkllm.serve.app import Server
@@ -34,7 +36,8 @@ IGNORED_OPTIONS = {"num_thread", "num_gpu", "main_gpu", "use_mmap", "use_mlock",
                    "low_vram", "f16_kv", "numa", "vocab_only", "num_keep"}
 SAMPLING_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
                     "repeat_penalty": "repeat_penalty", "presence_penalty": "presence_penalty",
-                    "frequency_penalty": "frequency_penalty"}
+                    "frequency_penalty": "frequency_penalty", "mirostat": "mirostat",
+                    "mirostat_tau": "mirostat_tau", "mirostat_eta": "mirostat_eta"}
 
 
 def _now() -> str:
@@ -80,10 +83,21 @@ def _sampling(body: Mapping[str, Any]) -> tuple[dict[str, Any], int | None, list
                     f"such setting per request)", unknown[0])
     sampling = {name: O.number(opts, key, 0) for key, name in SAMPLING_OPTIONS.items()}
     sampling["top_k"] = O.number(opts, "top_k", 0, integer=True)
+    sampling["mirostat"] = O.number(opts, "mirostat", 0, 2, integer=True)
     sampling = {k: v for k, v in sampling.items() if v is not None}
     O.check_seed(opts, sampling)
     predict = O.number(opts, "num_predict", -2, integer=True)
     return sampling, predict if predict and predict > 0 else None, O.stop_list(opts.get("stop"))
+
+
+def _think(body: Mapping[str, Any]) -> bool | None:
+    """Ollama's ``think``: true or false (the runtime's ``enable_thinking``), or absent."""
+    value = body.get("think")
+    if value is None or isinstance(value, bool):
+        return value
+    raise O.bad(f"think must be true or false, got {json.dumps(value)} (levels such as "
+                f"\"high\" are not supported: the runtime only switches thinking on or off)",
+                "think")
 
 
 def _refuse(body: Mapping[str, Any]) -> None:
@@ -122,6 +136,10 @@ def _ollama_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
             args = {}
         out.append({"function": {"name": fn["name"], "arguments": args}})
     return out
+
+
+def _joined(*parts: tuple[str, str]) -> tuple[str, str]:
+    return "".join(t for t, _ in parts), "".join(c for _, c in parts)
 
 
 def _timings(answer: Answer, load_ns: int) -> dict[str, Any]:
@@ -248,14 +266,19 @@ class OllamaRoutes:
             return await self._load_or_unload(request, spec, keep, kind)
         sampling, limit, job.stop = _sampling(body)
         stream = O.boolean(body, "stream", True)
+        think = _think(body)
+        splitter = ThinkSplitter() if think else None  # reasoning apart, as Ollama gives it
 
-        def line(text: str | None = None, **extra: Any) -> dict[str, Any]:
+        def line(text: str | None = None, thinking: str = "", **extra: Any) -> dict[str, Any]:
             data: dict[str, Any] = {"model": spec.name, "created_at": _now()}
             if kind == "chat":
                 data["message"] = {"role": "assistant", "content": text or "", **(
+                    {"thinking": thinking} if thinking else {}), **(
                     {"tool_calls": extra.pop("tool_calls")} if "tool_calls" in extra else {})}
             else:
                 data["response"] = text or ""
+                if thinking:
+                    data["thinking"] = thinking
             return {**data, "done": False, **extra}
 
         async def work(out: Out) -> None:
@@ -263,21 +286,32 @@ class OllamaRoutes:
                 load_ns = int(slot.load_seconds * 1e9)
                 assert slot.llm is not None
                 job.options = O.run_options(slot.llm, sampling, spec.options, limit)
+                if think or (think is False and P.family_key(slot.llm.family) >=
+                             P.family_key(P.RUN_FEATURES["enable_thinking"])):
+                    P.require(slot.llm.family, "enable_thinking", "think")
+                    job.options["enable_thinking"] = think
                 if spec.system is not None and kind == "chat" and job.messages and \
                         job.messages[0].get("role") != "system":
                     job.messages = [{"role": "system", "content": spec.system}, *job.messages]
                 answer = Answer(slot, job, server.metrics)
+                thinking, text = "", None
                 if stream:
                     await out.start(NDJSON)
-                    async for text in answer.deltas():
-                        await out.write(json_bytes(line(text)) + b"\n")
+                    async for piece in answer.deltas():
+                        thought, piece = splitter.feed(piece) if splitter else ("", piece)
+                        if piece or thought:
+                            await out.write(json_bytes(line(piece, thought)) + b"\n")
+                    if splitter:
+                        thinking, text = splitter.flush()
                 else:
                     await answer.run()
+                    thinking, text = ("", answer.text) if splitter is None else \
+                        _joined(splitter.feed(answer.text), splitter.flush())
                 extra: dict[str, Any] = {}
                 if answer.tool_calls:
                     extra["tool_calls"] = _ollama_calls(answer.tool_calls)
                 reason = answer.finish_reason if answer.finish_reason != "tool_calls" else "stop"
-                final = line(None if stream else answer.text, **extra)
+                final = line(text, thinking, **extra)
                 final.update(done=True, done_reason=reason, **_timings(answer, load_ns))
                 if stream:
                     await out.end(json_bytes(final) + b"\n")

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from rkllm.llm import LLM
 
 SAMPLING = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty",
-            "repeat_penalty")
+            "repeat_penalty", "mirostat", "mirostat_tau", "mirostat_eta")
 
 
 def bad(message: str, param: str | None = None, status: int = 400) -> APIError:
