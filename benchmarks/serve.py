@@ -7,6 +7,8 @@ Sections (issue 13):
   ttft      time to first token and per-token time, in-process (rkllm.aio) vs through the
             server's streaming OpenAI API, at full rate and at 30 ms/token, 1 and 8 clients
   turns     prompt tokens prefilled per turn over a 10-turn chat (the runtime's own count)
+  system    a new conversation under a long system prompt: prefilled in full, the system
+            prompt kept in the kv cache, from its saved prompt cache (--prompt-cache)
   abort     from a client dropping its stream to rkllm_abort (simulator trace), at 30 ms/token
   rss       the server's resident memory after 100 ... 10,000 requests (--quick: 1,000)
 The server runs as a subprocess (`python -m rkllm.cli serve demo`) on 127.0.0.1.
@@ -55,7 +57,8 @@ CLIENT = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=32))
 
 class Server:
     def __init__(self, tmp: Path, token_us: int, ignore_eos: bool = True,
-                 trace: bool = False) -> None:
+                 trace: bool = False, args: tuple[str, ...] = (),
+                 env_extra: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.trace = tmp / f"trace-{self.port}.jsonl"
@@ -66,9 +69,10 @@ class Server:
             env["RKLLM_SIM_TRACE"] = str(self.trace)
         if not ignore_eos:
             del env["RKLLM_SIM_IGNORE_EOS"]
+        env.update(env_extra or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rkllm.cli", "serve", "demo", "--runtime", f"sim:{FAMILY}",
-             "--port", str(self.port), "--queue-size", "64"],
+             "--port", str(self.port), "--queue-size", "64", *args],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(600):
             try:
@@ -274,7 +278,8 @@ def section_turns(tmp: Path) -> list[int]:
             messages.append({"role": "user", "content": f"Tell me more, part {turn}"})
             got = CLIENT.post(srv.url + "/v1/chat/completions", json={
                 "model": "demo", "messages": messages}).json()
-            counts.append(got["usage"]["prompt_tokens"])
+            usage = got["usage"]
+            counts.append(usage["prompt_tokens"] - usage["prompt_tokens_details"]["cached_tokens"])
             messages.append({"role": "assistant",
                              "content": got["choices"][0]["message"]["content"]})
         return counts
@@ -331,7 +336,52 @@ def section_rss(tmp: Path, total: int) -> list[dict[str, int]]:
     return rows
 
 
-SECTIONS = ("ttft", "turns", "abort", "rss")
+def section_system(tmp: Path) -> list[dict[str, Any]]:
+    """A new conversation under a long system prompt, at a board's prefill pace (1 ms a
+    token): prompt tokens prefilled (the runtime's count) and the time to a one-token answer,
+    prefilled in full, with the system prompt kept in the kv cache (the same one as the last
+    conversation), and from its saved prompt cache (--prompt-cache, after another system
+    prompt took the kv cache); plus the first sight with --prompt-cache (the short run that
+    saves the cache, then the answer)."""
+    system = " ".join(["You are the house assistant: you know every room, light and heater "
+                       "of the house, and you answer in one short sentence."] * 12)
+    other = "You are a pirate."
+    pace = {"RKLLM_SIM_PREFILL_US": "1000"}
+
+    def one(srv: Server, sys_prompt: str, user: str) -> tuple[int, float]:
+        started = time.perf_counter()
+        got = CLIENT.post(srv.url + "/v1/chat/completions", json={
+            "model": "demo", "max_tokens": 1, "temperature": 0,
+            "messages": [{"role": "system", "content": sys_prompt},
+                         {"role": "user", "content": user}]}).json()
+        usage = got["usage"]
+        prefilled = usage["prompt_tokens"] - usage["prompt_tokens_details"]["cached_tokens"]
+        return int(prefilled), round(1000 * (time.perf_counter() - started), 1)
+
+    rows = []
+    srv = Server(tmp, 0, ignore_eos=False, env_extra=pace)
+    try:
+        one(srv, other, "Ahoy?")
+        full = one(srv, system, "Which lights are on?")
+        kept = one(srv, system, "Is the heating on?")
+    finally:
+        srv.stop()
+    cached = Server(tmp, 0, ignore_eos=False, env_extra=pace,
+                    args=("--prompt-cache", str(tmp / "prompt-cache")))
+    try:
+        first = one(cached, system, "Which lights are on?")
+        one(cached, other, "Ahoy?")
+        loaded = one(cached, system, "Is the heating on?")
+    finally:
+        cached.stop()
+    for how, (tokens, ms_) in (("prefilled in full", full), ("system prompt kept", kept),
+                               ("from its saved prompt cache", loaded),
+                               ("first sight with --prompt-cache", first)):
+        rows.append({"start": how, "prompt_tokens_prefilled": tokens, "answer_ms": ms_})
+    return rows
+
+
+SECTIONS = ("ttft", "turns", "system", "abort", "rss")
 
 
 def main() -> None:
@@ -349,6 +399,8 @@ def main() -> None:
             report["ttft"] = section_ttft(tmp, args.quick)
         if "turns" in args.only:
             report["turns"] = section_turns(tmp)
+        if "system" in args.only:
+            report["system"] = section_system(tmp)
         if "abort" in args.only:
             report["abort"] = section_abort(tmp, 3 if args.quick else 10)
         if "rss" in args.only:
@@ -363,6 +415,9 @@ def main() -> None:
               f"{row['server_8_ttft_ms_p50']} ms with the queue)")
     if "turns" in report:
         print("prompt tokens prefilled per turn:", report["turns"])
+    for row in report.get("system", []):
+        print(f"new conversation, {row['start']}: {row['prompt_tokens_prefilled']} prompt "
+              f"tokens prefilled, {row['answer_ms']} ms to a one-token answer (1 ms/token)")
     if "abort" in report:
         print(f"abort after disconnect: p50 {report['abort']['abort_after_close_ms_p50']} ms, "
               f"max {report['abort']['abort_after_close_ms_max']} ms (one token = 30 ms)")

@@ -44,7 +44,8 @@ def converse(client: Any, fresh_each_turn: bool = False, greedy: bool = True
         answer = got.choices[0].message.content or ""
         messages.append({"role": "assistant", "content": answer})
         answers.append(answer)
-        prefilled.append(got.usage.prompt_tokens)
+        usage = got.usage
+        prefilled.append(usage.prompt_tokens - usage.prompt_tokens_details.cached_tokens)
     return answers, prefilled
 
 

@@ -103,7 +103,10 @@ def test_a_new_conversation_keeps_the_system_prompt_and_answers_the_same(
     assert any(c["call"] == "rkllm_set_chat_template" for c in full_calls)
     system_tokens = prefilled(full_calls) - prefilled(kept_calls)
     assert system_tokens >= len(SYSTEM.split())                   # the system prompt's tokens
-    assert kept.usage.prompt_tokens == prefilled(kept_calls)      # the runtime's own count
+    cached = kept.usage.prompt_tokens_details.cached_tokens
+    assert kept.usage.prompt_tokens - cached == prefilled(kept_calls)  # the runtime's count
+    assert cached == system_tokens and full.usage.prompt_tokens_details.cached_tokens == 0
+    assert kept.usage.prompt_tokens == full.usage.prompt_tokens   # the whole prompt either way
     assert saved(server) - before == system_tokens                # counted once, by /metrics
     assert kept.choices[0].message.content == full.choices[0].message.content
 

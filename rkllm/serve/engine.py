@@ -96,10 +96,12 @@ class Answer:
         self._request: Held | None = None
         self._stream: AsyncStream | PrimedStream
         self.reused = False
+        self.cached_tokens = 0  # prompt tokens the kv cache (or a saved prompt cache) held
         if job.messages is not None:
             started = self.conv.start(job.messages, job.tools, job.options)
             self._stream, self._request = started.stream, started.request
             self.reused = started.reused
+            self.cached_tokens = started.saved_tokens
             if started.saved_tokens:
                 metrics.inc("rkllm_prefill_tokens_saved_total", started.saved_tokens,
                             model=self.model)
@@ -209,6 +211,7 @@ class Answer:
 
     @property
     def prompt_tokens(self) -> int:
+        """Prompt tokens this run prefilled (the runtime's count; the cached ones aside)."""
         perf = self.perf
         return perf.prefill_tokens or 0 if perf is not None else 0
 

@@ -74,9 +74,13 @@ def _finish(reason: str) -> str:
     return reason if reason in ("stop", "length", "tool_calls") else "stop"
 
 
-def _usage(answer: Answer) -> dict[str, int]:
-    p, c = answer.prompt_tokens, answer.completion_tokens
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+def _usage(answer: Answer) -> dict[str, Any]:
+    """OpenAI's usage: the whole prompt, of which ``cached_tokens`` were not prefilled again
+    (the kv cache or a saved prompt cache held them)."""
+    cached, c = answer.cached_tokens, answer.completion_tokens
+    p = answer.prompt_tokens + cached
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def _tool_choice(body: Mapping[str, Any], tools: str | None) -> str | None:
