@@ -229,11 +229,28 @@ static void *runner_main(void *arg) {
 
 /* rkllm_abort may block until the run has stopped (the simulator's does, and a real
  * runtime may), so it is called from a short-lived helper thread: whoever asks for a stop
- * can still wait with a time limit. close() waits for these threads before destroying. */
+ * can still wait with a time limit. close() waits for these threads before destroying.
+ * An abort that reaches the runtime just before its rkllm_run begins is lost, and then
+ * nobody may be left to ask again (a reader waits for the run's end, an event loop for the
+ * fd): while the same run goes on, the thread asks again every ABORT_REPEAT_MS. */
 static void *aborter_main(void *arg) {
     rkshim_model *m = arg;
-    ((int (*)(void *))m->rt->sym[SYM_abort])(m->handle);
     pthread_mutex_lock(&m->lock);
+    unsigned long gen = m->gen;
+    void *handle = m->handle;
+    for (int first = 1;; first = 0) {
+        if (!first) {
+            struct timespec ts;
+            deadline_after(&ts, ABORT_REPEAT_MS);
+            pthread_cond_timedwait(&m->state_cond, &m->lock, &ts);
+        }
+        if (!first && (m->run_done || !m->in_run || m->gen != gen || m->closed || !m->handle))
+            break;
+        pthread_mutex_unlock(&m->lock);
+        ((int (*)(void *))m->rt->sym[SYM_abort])(handle);
+        pthread_mutex_lock(&m->lock);
+        if (m->run_done || !m->in_run || m->gen != gen || m->closed || !m->handle) break;
+    }
     m->aborters--;
     m->abort_returned = now_ms();
     pthread_cond_broadcast(&m->state_cond);

@@ -15,6 +15,7 @@ int sim_faults_read(sim_faults *f, char *err, size_t errlen)
     memset(f, 0, sizeof *f);
     f->stall_ms = sim_env_long("RKLLM_SIM_STALL_MS", 0);
     f->abort_delay_ms = sim_env_long("RKLLM_SIM_ABORT_DELAY_MS", 0);
+    f->start_delay_ms = sim_env_long("RKLLM_SIM_START_DELAY_MS", 0);
     const char *thread = getenv("RKLLM_SIM_CALLBACK_THREAD");
     if (thread && *thread && strcmp(thread, "caller") != 0 && strcmp(thread, "worker") != 0) {
         snprintf(err, errlen, "RKLLM_SIM_CALLBACK_THREAD='%s': expected 'caller' or 'worker'", thread);

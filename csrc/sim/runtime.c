@@ -400,6 +400,9 @@ static int submit(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip, void *u
         sim_error("%s: %s", fn, err);
         goto done;
     }
+    /* RKLLM_SIM_START_DELAY_MS: a run still being set up; an rkllm_abort meanwhile finds
+     * no run and is lost, as a runtime's can be */
+    sim_sleep_ms(faults.start_delay_ms, NULL);
     if (sim_make_job(h, in, ip, userdata, &job, fn) != 0) {
         sim_job_free(&job);
         goto done;

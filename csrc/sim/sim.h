@@ -110,6 +110,7 @@ typedef struct {
     long error_after;      /* error_after:N */
     long stall_ms;         /* RKLLM_SIM_STALL_MS: before the first token */
     long abort_delay_ms;   /* RKLLM_SIM_ABORT_DELAY_MS */
+    long start_delay_ms;   /* RKLLM_SIM_START_DELAY_MS: rkllm_run begins its run this late */
     int worker_callbacks;  /* RKLLM_SIM_CALLBACK_THREAD=worker: blocking runs on the worker too */
 } sim_faults;
 
