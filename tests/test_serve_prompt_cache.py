@@ -218,8 +218,9 @@ def test_a_system_prompt_seen_before_starts_from_its_saved_prompt_cache(tmp_path
     (tmp_path / "plain").mkdir()
     with ServeProcess(["demo", "--runtime", "sim:1.3.0"], tmp_path / "plain") as plain:
         client = openai.OpenAI(base_url=plain.url + "/v1", api_key="x", max_retries=0)
-        assert first.choices[0].message.content == \
-            ask(client, SYSTEM, "Which lights are on?").choices[0].message.content
+        plain_first = ask(client, SYSTEM, "Which lights are on?")
+        assert first.choices[0].message.content == plain_first.choices[0].message.content
+        assert first.usage.prompt_tokens == plain_first.usage.prompt_tokens  # the whole prompt
         assert again.choices[0].message.content == \
             ask(client, SYSTEM, "Is the heating on?").choices[0].message.content
 

@@ -96,12 +96,12 @@ class Answer:
         self._request: Held | None = None
         self._stream: AsyncStream | PrimedStream
         self.reused = False
-        self.cached_tokens = 0  # prompt tokens the kv cache (or a saved prompt cache) held
+        self._saved_tokens = 0
         if job.messages is not None:
             started = self.conv.start(job.messages, job.tools, job.options)
             self._stream, self._request = started.stream, started.request
             self.reused = started.reused
-            self.cached_tokens = started.saved_tokens
+            self._saved_tokens = started.saved_tokens
             if started.saved_tokens:
                 metrics.inc("rkllm_prefill_tokens_saved_total", started.saved_tokens,
                             model=self.model)
@@ -208,6 +208,12 @@ class Answer:
     @property
     def perf(self) -> Perf | None:
         return self._stream.perf
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens not prefilled again: what the kv cache (or a saved prompt cache)
+        held, or the system part kept after the short run that saved its prompt cache."""
+        return self._saved_tokens + getattr(self._stream, "kept_tokens", 0)
 
     @property
     def prompt_tokens(self) -> int:

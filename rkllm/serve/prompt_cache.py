@@ -89,6 +89,7 @@ class PrimedStream:
         self._answer = answer  # starts the answer's run
         self._stream: AsyncStream | None = None
         self._priming: AsyncStream | None = None
+        self.kept_tokens = 0  # the system part's tokens, kept for the answer once saved
 
     def __aiter__(self) -> PrimedStream:
         return self
@@ -122,7 +123,8 @@ class PrimedStream:
             llm.set_chat_template(self._part, t.prefix, t.postfix)
         llm.clear_kv_cache(keep_system_prompt=ok)
         if ok:
-            self._files.keep(temp, self._key, int(llm.kv_cache_size()[0]))
+            self.kept_tokens = int(llm.kv_cache_size()[0])
+            self._files.keep(temp, self._key, self.kept_tokens)
         else:
             temp.unlink(missing_ok=True)
 
