@@ -17,6 +17,13 @@ import sys
 import time
 from typing import IO, Any
 
+from rkllm.cli.loading import (
+    add_model_options,
+    context_note,
+    load_model,
+    print_timings,
+    with_context_hint,
+)
 from rkllm.cli.output import WordWrap
 
 HELP = """Available commands:
@@ -47,7 +54,6 @@ examples:
 
 
 def register(sub: Any) -> None:
-    from rkllm.cli.run import add_model_options
 
     p = sub.add_parser(
         "chat", help="talk with a model (interactive; or one message per input line)",
@@ -186,7 +192,6 @@ class Repl:
 
     def info(self) -> str:
         from rkllm import params as P
-        from rkllm.cli.run import context_note
 
         llm = self.session.llm
         rt = llm.runtime
@@ -284,7 +289,6 @@ class Repl:
     # ---- answers --------------------------------------------------------------------------
     def answer(self, text: str) -> None:
         from rkllm.cli.output import fail
-        from rkllm.cli.run import print_timings, with_context_hint
         from rkllm.errors import RKLLMError
 
         started = time.perf_counter()
@@ -347,7 +351,6 @@ class Repl:
 def cmd_chat(args: argparse.Namespace) -> int:
     """`rkllm chat`, and `rkllm run` without a prompt at a terminal."""
     from rkllm.chat import ChatSession
-    from rkllm.cli.run import load_model
 
     started = time.perf_counter()
     options = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
