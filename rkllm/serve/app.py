@@ -7,7 +7,6 @@ Every error leaves in the API's own shape (rkllm.serve.errors); no framework def
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -23,10 +22,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rkllm.serve.errors import APIError, from_exception
-from rkllm.serve.metrics import Metrics
-from rkllm.serve.registry import Registry
 from rkllm.serve.responses import error_response, json_response
-from rkllm.serve.scheduler import Scheduler
+from rkllm.serve.server import Server
 from rkllm.serve.settings import Settings
 
 log = logging.getLogger("rkllm.serve")
@@ -35,45 +32,6 @@ KNOWN_ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/em
                 "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show",
                 "/api/embed", "/api/embeddings", "/api/pull", "/api/delete", "/api/version",
                 "/health", "/metrics", "/admin/drain", "/")
-
-
-class Server:
-    """Everything the routes share."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.metrics = Metrics(settings.name)
-        self.registry = Registry(settings)
-        self.scheduler = Scheduler(settings, self.metrics)
-        self.started = time.time()
-        self.drain_task: asyncio.Task[bool] | None = None
-        self.stopped = asyncio.Event()  # set when a drain has finished (the CLI then exits)
-        m, s = self.metrics, self.scheduler
-        m.gauge("rkllm_queue_depth", "requests waiting for their model",
-                lambda: {"": float(s.queue_depth)}, label="")
-        m.gauge("rkllm_running", "answers being generated now",
-                lambda: {"": float(s.running)}, label="")
-        m.gauge("rkllm_models_loaded", "models loaded now",
-                lambda: {"": float(len(s.loaded()))}, label="")
-        m.gauge("rkllm_draining", "1 while the server drains",
-                lambda: {"": float(s.draining)}, label="")
-
-    def status(self) -> str:
-        s = self.scheduler
-        if s.draining:
-            return "draining"
-        if s.loading:
-            return "loading"
-        return "busy" if s.running or s.queue_depth else "ready"
-
-    def start_drain(self) -> asyncio.Task[bool]:
-        if self.drain_task is None:
-            async def drain() -> bool:
-                clean = await self.scheduler.drain(self.settings.grace)
-                self.stopped.set()
-                return clean
-            self.drain_task = asyncio.get_running_loop().create_task(drain())
-        return self.drain_task
 
 
 class AccessLog:

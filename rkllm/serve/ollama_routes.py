@@ -28,7 +28,7 @@ from rkllm.serve.settings import parse_duration
 from rkllm.serve.thinking import ThinkSplitter
 
 if TYPE_CHECKING:
-    from rkllm.serve.app import Server
+    from rkllm.serve.server import Server
 
 API_VERSION = "0.6.0"  # the Ollama API level implemented (what clients check features by)
 # options that set resources of Ollama's own engine and cannot change an answer here

@@ -21,7 +21,7 @@ from rkllm.serve.errors import APIError
 from rkllm.serve.responses import SSE, Live, Out, first_with_keepalive, json_bytes, json_response
 
 if TYPE_CHECKING:
-    from rkllm.serve.app import Server
+    from rkllm.serve.server import Server
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "presence_penalty", "frequency_penalty",
                    "repeat_penalty")

@@ -17,7 +17,7 @@ from rkllm.serve.errors import APIError
 from rkllm.serve.responses import NDJSON, Out, json_bytes
 
 if TYPE_CHECKING:
-    from rkllm.serve.app import Server
+    from rkllm.serve.server import Server
 
 POLL_SECONDS = 0.25
 
