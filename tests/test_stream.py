@@ -135,9 +135,10 @@ def test_keyboard_interrupt_while_prefilling(llm: rkllm.LLM,
 
 
 def test_event_fd_hook(llm: rkllm.LLM, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RKLLM_SIM_TOKEN_US", "300")
-    expected = "".join(llm.generate("Where is the café?", max_new_tokens=80))
-    stream = llm.generate("Where is the café?", max_new_tokens=80)
+    # slow enough that the reader waits for tokens even under emulation (qemu)
+    monkeypatch.setenv("RKLLM_SIM_TOKEN_US", "3000")
+    expected = "".join(llm.generate("Where is the café?", max_new_tokens=40))
+    stream = llm.generate("Where is the café?", max_new_tokens=40)
     sel = selectors.DefaultSelector()
     sel.register(stream.fileno(), selectors.EVENT_READ)
     got: list[str] = []
