@@ -286,10 +286,11 @@ class OllamaRoutes:
                 load_ns = int(slot.load_seconds * 1e9)
                 assert slot.llm is not None
                 job.options = O.run_options(slot.llm, sampling, spec.options, limit)
-                if think or (think is False and P.family_key(slot.llm.family) >=
-                             P.family_key(P.RUN_FEATURES["enable_thinking"])):
+                if think:
                     P.require(slot.llm.family, "enable_thinking", "think")
-                    job.options["enable_thinking"] = think
+                if think is not None and P.family_key(slot.llm.family) >= \
+                        P.family_key(P.RUN_FEATURES["enable_thinking"]):
+                    job.options["enable_thinking"] = think  # false before 1.2.1: nothing to do
                 if spec.system is not None and kind == "chat" and job.messages and \
                         job.messages[0].get("role") != "system":
                     job.messages = [{"role": "system", "content": spec.system}, *job.messages]
